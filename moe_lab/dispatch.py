@@ -1,0 +1,110 @@
+"""AlltoAll dispatch and combine: how a token gets to its experts' GPUs and back.
+
+Two AlltoAlls per layer (the chapter's "Communication Pattern"): dispatch sends every kept
+assignment's token to the rank that holds its expert; combine sends the expert outputs back
+along the same rows. Both go through torch's functional collectives, so autograd runs the
+reverse AlltoAll in backward (the gradient of a dispatch is a combine and vice versa).
+
+Two ways to lay out the buffers:
+  ragged  only the kept rows travel; ranks first exchange how many rows they will send
+          (the count exchange), then one all_to_all_single with uneven splits.
+  padded  every expert gets exactly S rows from every source rank ([E, S, d], S = C), unused
+          rows are zeros: equal splits and no count exchange, but bytes and expert FLOPs grow
+          with the capacity factor, not with the tokens (GShard / Switch).
+The buffer layout itself is explained in moe_lab/trace.py.
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch.distributed import _functional_collectives as funcol
+
+from .experts import expert_ffn
+
+
+def _a2a(x, out_splits, in_splits, group):
+    y = funcol.all_to_all_single_autograd(x, out_splits, in_splits, group)
+    return funcol.wait_tensor(y) if isinstance(y, funcol.AsyncCollectiveTensor) else y
+
+
+def send_order(expert: torch.Tensor, slot: torch.Tensor, num_experts: int):
+    """Where each kept assignment sits in the expert-major send buffer.
+
+    expert, slot [N, k] (-1 = dropped). Returns (order, counts): order [S] holds the flat
+    assignment index t*k+j of each send-buffer row; counts [E] the kept rows per expert.
+    Slots of one expert are 0..count-1, so row = offset[expert] + slot.
+    Worked example (E = 2): expert = [[1, 0], [1, -1]], slot = [[0, 0], [1, -1]]
+      counts = [1, 2], offsets = [0, 1]; rows: a0 (e1, s0) -> 1, a1 (e0, s0) -> 0, a2 (e1, s1) -> 2
+      order = [1, 0, 2].
+    """
+    flat_e, flat_s = expert.reshape(-1), slot.reshape(-1)
+    kept = torch.nonzero(flat_e >= 0).squeeze(1)  # [S] assignment ids
+    counts = torch.bincount(flat_e[kept], minlength=num_experts)  # [E]
+    offsets = torch.cumsum(counts, 0) - counts
+    row = offsets[flat_e[kept]] + flat_s[kept]  # [S]
+    order = torch.empty_like(kept)
+    order[row] = kept
+    return order, counts
+
+
+def exchange_counts(counts: torch.Tensor, group) -> torch.Tensor:
+    """The count exchange: counts [E] this rank sends per expert -> [P, m] rows each source
+    rank will send to each of this rank's m local experts. A tiny AlltoAll of its own."""
+    P = dist.get_world_size(group)
+    recv = torch.empty_like(counts)
+    dist.all_to_all_single(recv, counts, group=group)  # equal splits of m counts per rank
+    return recv.view(P, -1)
+
+
+def ragged_exchange(x, order, counts, recv_counts, k, local_experts, group, timer):
+    """Dispatch the kept rows, run the local experts, combine back. Returns [S, d] in send order.
+
+    x [N, d]; order [S]; counts [E] sent per expert; recv_counts [P, m] received per
+    (source, local expert); local_experts(e, rows) runs local expert e on rows [T, d].
+    """
+    P, m = recv_counts.shape
+    send_splits = counts.view(P, m).sum(1).tolist()  # rows to each destination rank
+    recv_splits = recv_counts.sum(1).tolist()  # rows from each source rank
+    with timer("dispatch"):
+        recv = _a2a(x[order // k], recv_splits, send_splits, group)  # [R, d] source-major
+    with timer("experts"):
+        # Received rows are source-major ([r0: e0 e1 | r1: e0 e1]); experts want their rows
+        # together, so permute to expert-major ([e0: r0 r1 | e1: r0 r1]), run, and undo.
+        sizes = recv_counts.sum(0).tolist()  # [m] rows per local expert
+        if m > 1:
+            local_id = torch.arange(m, device=x.device).repeat(P).repeat_interleave(recv_counts.reshape(-1))
+            perm = torch.sort(local_id, stable=True).indices
+            grouped = recv[perm].split(sizes)
+        else:
+            grouped = [recv]
+        out = torch.cat([local_experts(e, rows) for e, rows in enumerate(grouped)])
+        if m > 1:
+            out = out[torch.argsort(perm)]
+    with timer("combine"):
+        return _a2a(out, send_splits, recv_splits, group)  # [S, d] back in send order
+
+
+def padded_exchange(x, order, counts, S, k, local_experts, group, timer):
+    """The same trip with fixed [E, S, d] buffers and equal splits. Returns [sum(counts), d].
+
+    Row of assignment in the send buffer: expert * S + slot (slots are < S by construction).
+    """
+    E, d = counts.numel(), x.shape[1]
+    P = dist.get_world_size(group)
+    m = E // P
+    expert_of_row = torch.repeat_interleave(torch.arange(E, device=x.device), counts)  # [S_kept]
+    first = torch.cumsum(counts, 0) - counts
+    pos = expert_of_row * S + (torch.arange(order.numel(), device=x.device) - first[expert_of_row])
+    with timer("dispatch"):
+        send = x.new_zeros(E * S, d).index_copy(0, pos, x[order // k])  # [E*S, d], zeros = padding
+        recv = _a2a(send, None, None, group).view(P, m, S, d)  # [source, local expert, slot, d]
+    with timer("experts"):
+        out = torch.stack([local_experts(e, recv[:, e].reshape(P * S, d)).view(P, S, d) for e in range(m)], dim=1)
+    with timer("combine"):
+        back = _a2a(out.reshape(P * m * S, d), None, None, group)  # [E*S, d] in send layout
+    return back[pos]
+
+
+def make_local_experts(w_in, w_out):
+    """local_experts(e, rows) for this rank's m experts w_in [m, d, h], w_out [m, h, d]."""
+    return lambda e, rows: expert_ffn(rows, w_in[e], w_out[e])

@@ -1,0 +1,113 @@
+"""MoELayer: router -> count exchange -> AlltoAll dispatch -> local experts -> AlltoAll combine.
+
+One instance per rank. Every rank holds the (replicated) router and only its own m = E / P
+experts; tokens travel to the experts, never the other way round.
+"""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from . import routing
+from .config import MoEConfig
+from .dispatch import exchange_counts, make_local_experts, padded_exchange, ragged_exchange, send_order
+from .reference import route_block
+from .trace import RankTrace
+
+
+class MoELayer(nn.Module):
+    """An expert-parallel MoE layer on a process group (the default group if None).
+
+    forward(x [N, d]) -> (y [N, d], RankTrace). After a forward, `aux_loss` and `z_loss` hold
+    this rank's differentiable balancing losses (add them to the loss you backpropagate).
+    The router is replicated: call `sync_router_grads()` after backward so every rank applies
+    the same update (the experts need no sync, the AlltoAll backward already brings them the
+    gradient of every rank's tokens).
+    """
+
+    def __init__(self, cfg: MoEConfig, group=None, device=None):
+        super().__init__()
+        if not dist.is_initialized():
+            raise RuntimeError("MoELayer needs torch.distributed: run it inside Cluster.run or torchrun")
+        self.cfg, self.group = cfg, group if group is not None else dist.group.WORLD
+        self.P, self.rank = dist.get_world_size(self.group), dist.get_rank(self.group)
+        m = cfg.experts_per_rank(self.P)
+        d, h, E = cfg.d_model, cfg.d_hidden, cfg.num_experts
+        self.first_expert = self.rank * m  # this rank holds experts first_expert .. first_expert+m-1
+        self.router_w = nn.Parameter(torch.zeros(d, E, device=device))  # [d, E]
+        self.w_in = nn.Parameter(torch.zeros(m, d, h, device=device))  # [m, d, h]
+        self.w_out = nn.Parameter(torch.zeros(m, h, d, device=device))  # [m, h, d]
+        # aux-loss-free balancing: a per-expert bias on the top-k *selection* only (not a parameter)
+        self.register_buffer("select_bias", torch.zeros(E, device=device))
+        self.aux_loss = self.z_loss = None
+
+    @torch.no_grad()
+    def load_global_weights(self, router_w, w_in, w_out):
+        """Keep the router and this rank's own slices of the global [E, ...] expert weights."""
+        m = self.w_in.shape[0]
+        self.router_w.copy_(router_w)
+        self.w_in.copy_(w_in[self.first_expert : self.first_expert + m])
+        self.w_out.copy_(w_out[self.first_expert : self.first_expert + m])
+        return self
+
+    def sync_router_grads(self, op=dist.ReduceOp.SUM):
+        if self.router_w.grad is not None:
+            dist.all_reduce(self.router_w.grad, op=op, group=self.group)
+
+    def forward(self, x: torch.Tensor):
+        cfg = self.cfg
+        if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[1] != cfg.d_model:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"x must be a [N, d_model={cfg.d_model}] tensor, got {shape}")
+        if x.dtype != self.router_w.dtype:
+            raise ValueError(f"x has dtype {x.dtype} but the layer's weights are {self.router_w.dtype}")
+        times, timer = _timer(x.device)
+        t0 = time.perf_counter()
+        N, E, k = x.shape[0], cfg.num_experts, cfg.k
+        with timer("router"):
+            bias = self.select_bias if self.select_bias.any() else None
+            r = route_block(x, self.router_w, cfg, bias)  # gates, experts, expert, slot: [N, k]
+            order, counts = send_order(r["expert"], r["slot"], E)  # [S], [E]
+        local_experts = make_local_experts(self.w_in, self.w_out)
+        if cfg.dispatch == "ragged":
+            with timer("count_exchange"):
+                recv_counts = exchange_counts(counts, self.group)  # [P, m]
+            back = ragged_exchange(x, order, counts, recv_counts, k, local_experts, self.group, timer)
+            S = None
+        else:
+            S = r["capacity"] if r["capacity"] is not None else N  # dropless padded: room for all N
+            back = padded_exchange(x, order, counts, S, k, local_experts, self.group, timer)
+        # put each returned row back at its (token, choice) and sum with the gates
+        out = x.new_zeros(N * k, x.shape[1]).index_copy(0, order, back)  # [N*k, d]
+        y = routing.combine_weighted(N, r["gates"], r["expert"], out.view(N, k, -1))  # [N, d]
+        self.aux_loss, self.z_loss = r["aux_loss"], r["z_loss"]
+        times["total"] = time.perf_counter() - t0
+        trace = RankTrace(
+            rank=self.rank, world_size=self.P, num_experts=E, k=k, d_model=cfg.d_model,
+            capacity=r["capacity"], dispatch=cfg.dispatch,
+            experts=r["experts"].cpu().numpy(), expert=r["expert"].cpu().numpy(),
+            slot=r["slot"].cpu().numpy(), gates=r["gates"].detach().cpu().numpy(),
+            buffer_slots=S, elem_bytes=x.element_size(), times=times,
+            aux_loss=float(r["aux_loss"].detach()), z_loss=float(r["z_loss"].detach()),
+        )
+        return y, trace
+
+
+def _timer(device):
+    """A per-phase stopwatch; on a GPU it synchronises so a phase owns its kernels' time."""
+    times = {}
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    @contextmanager
+    def timer(name):
+        sync()
+        t = time.perf_counter()
+        yield
+        sync()
+        times[name] = times.get(name, 0.0) + time.perf_counter() - t
+
+    return times, timer
