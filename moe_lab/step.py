@@ -53,3 +53,15 @@ def step_on_rank(ctx, cfg, tokens_per_rank: int, skew: float = 0.0, backward: bo
     grad = lambda t: None if t.grad is None else t.grad.detach().cpu()  # noqa: E731
     return trace, dict(y=y.detach().cpu(), x_grad=grad(x), router_grad=grad(layer.router_w),
                        w_in_grad=grad(layer.w_in), w_out_grad=grad(layer.w_out))
+
+
+def step_many(ctx, jobs):
+    """Several step_on_rank calls in one round trip: jobs is a list of argument tuples."""
+    return [step_on_rank(ctx, *job) for job in jobs]
+
+
+def bad_input_on_rank(ctx, cfg, kind: str):
+    """Feed the layer a wrong x (for showing the error a user gets): 'shape' or 'dtype'."""
+    layer = MoELayer(cfg, ctx.group, ctx.device)
+    x = torch.zeros(4, cfg.d_model + 1) if kind == "shape" else torch.zeros(4, cfg.d_model, dtype=torch.float64)
+    return layer(x)

@@ -1,0 +1,226 @@
+"""Student exercise notebooks, generated from their solutions: one source, never edited twice.
+
+A notebook in `solutions/` is the source of one exercise. It carries nbgrader cell metadata
+(`metadata.nbgrader`: grade_id, points, solution, grade, locked) and two kinds of markers:
+
+    def capacity(num_tokens, num_experts, capacity_factor, k=1):      <- kept: the signature
+        ### BEGIN SOLUTION                                              <- the student never sees
+        return math.ceil(...)                                             anything between these
+        ### END SOLUTION
+
+    assert capacity(512, 8, 1.25) == 80                                <- visible check, kept
+    ### BEGIN HIDDEN TESTS                                             <- removed from the
+    assert capacity(500, 10, 1.1, k=2) == 110                             student copy, run
+    ### END HIDDEN TESTS                                                  at grading time
+
+The student copy in `exercises/` replaces each solution block by a stub that raises
+`NotImplementedError` (indented like the block, so it sits inside the function), removes the
+hidden tests, and clears outputs. Output is byte-for-byte deterministic, so `--check` can tell
+when `exercises/` has drifted from `solutions/`.
+"""
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+
+import nbformat
+
+BEGIN_SOLUTION, END_SOLUTION = "### BEGIN SOLUTION", "### END SOLUTION"
+BEGIN_HIDDEN, END_HIDDEN = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
+# Jupyter's "Run All" carries on past a cell with this tag, so a student sees every failing check.
+RUN_ALL_TAG = "raises-exception"
+_DEF = re.compile(r"^(\s*)(?:async\s+)?def\s+(\w+)\s*\(")
+
+
+def nbgrader_meta(cell) -> dict:
+    """The cell's nbgrader metadata, or {} when it has none."""
+    meta = cell.get("metadata", {}).get("nbgrader")
+    return meta if isinstance(meta, dict) else {}
+
+
+def is_solution_cell(cell) -> bool:
+    return bool(nbgrader_meta(cell).get("solution"))
+
+
+def is_grade_cell(cell) -> bool:
+    return bool(nbgrader_meta(cell).get("grade"))
+
+
+def grade_id(cell) -> str | None:
+    gid = nbgrader_meta(cell).get("grade_id")
+    return gid if isinstance(gid, str) and gid else None
+
+
+def graded_parts(nb) -> list[tuple[str, float]]:
+    """(grade_id, points) of every grade cell, in notebook order: the parts a notebook is scored on."""
+    return [(grade_id(c), float(nbgrader_meta(c).get("points", 0))) for c in nb.cells if is_grade_cell(c)]
+
+
+def _blocks(lines: list[str], begin: str, end: str, where: str) -> list[tuple[int, int]]:
+    """(first, last) line numbers of each begin/end marker pair; unbalanced markers raise."""
+    blocks, start = [], None
+    for i, line in enumerate(lines):
+        text = line.strip()
+        if text == begin:
+            if start is not None:
+                raise ValueError(f"{where}: '{begin}' on line {i + 1} before the previous block was closed")
+            start = i
+        elif text == end:
+            if start is None:
+                raise ValueError(f"{where}: '{end}' on line {i + 1} has no matching '{begin}'")
+            blocks.append((start, i))
+            start = None
+    if start is not None:
+        raise ValueError(f"{where}: '{begin}' on line {start + 1} is never closed with '{end}'")
+    return blocks
+
+
+def _enclosing_function(lines: list[str], line_no: int, indent: str) -> str | None:
+    """Name of the nearest `def` above `line_no` that is indented less than the block."""
+    for line in reversed(lines[:line_no]):
+        m = _DEF.match(line)
+        if m and len(m.group(1)) < len(indent):
+            return m.group(2)
+    return None
+
+
+def stub_solution(source: str, cell_type: str = "code", where: str = "cell") -> str:
+    """The student's version of a solution cell: every solution block becomes a stub.
+
+    Code: `raise NotImplementedError(...)` at the block's indentation, so the lines around the
+    block (the signature, the docstring) stay and the stub sits inside the function. Markdown:
+    "YOUR ANSWER HERE". A solution cell without markers is replaced as a whole (as nbgrader does).
+    """
+    lines = source.splitlines()
+    blocks = _blocks(lines, BEGIN_SOLUTION, END_SOLUTION, where)
+    if not blocks:  # no markers: the whole cell is the answer
+        lines = [BEGIN_SOLUTION, *lines, END_SOLUTION]
+        blocks = [(0, len(lines) - 1)]
+    out, prev = [], 0
+    for first, last in blocks:
+        out += lines[prev:first]
+        indent = re.match(r"\s*", lines[first]).group(0)
+        if cell_type == "code":
+            name = _enclosing_function(lines, first, indent)
+            what = f"write the body of {name}()" if name else "write your solution"
+            out += [f"{indent}# YOUR CODE HERE", f'{indent}raise NotImplementedError("{what}")']
+        else:
+            out.append("YOUR ANSWER HERE")
+        prev = last + 1
+    out += lines[prev:]
+    return "\n".join(out).strip("\n")
+
+
+def strip_hidden_tests(source: str, where: str = "cell") -> str:
+    """The cell without its hidden-test blocks (markers included)."""
+    lines = source.splitlines()
+    keep = [True] * len(lines)
+    for first, last in _blocks(lines, BEGIN_HIDDEN, END_HIDDEN, where):
+        keep[first : last + 1] = [False] * (last + 1 - first)
+    return "\n".join(line for line, k in zip(lines, keep) if k).rstrip()
+
+
+def check_source(nb, name: str = "notebook") -> None:
+    """Raise ValueError, naming the cell, when a source notebook would make a broken exercise."""
+    seen = set()
+    for i, cell in enumerate(nb.cells):
+        where = f"{name} cell {i}"
+        meta = nbgrader_meta(cell)
+        src = cell.get("source", "")
+        solution_blocks = _blocks(src.splitlines(), BEGIN_SOLUTION, END_SOLUTION, where)
+        hidden_blocks = _blocks(src.splitlines(), BEGIN_HIDDEN, END_HIDDEN, where)
+        if meta:
+            gid = grade_id(cell)
+            if gid is None:
+                raise ValueError(f"{where}: nbgrader metadata without a grade_id")
+            if gid in seen:
+                raise ValueError(f"{where}: grade_id {gid!r} is used twice; grade_ids must be unique")
+            seen.add(gid)
+        if solution_blocks and not is_solution_cell(cell):
+            raise ValueError(f"{where}: has '{BEGIN_SOLUTION}' but its nbgrader metadata does not say solution=true")
+        if hidden_blocks and not is_grade_cell(cell):
+            raise ValueError(f"{where}: has '{BEGIN_HIDDEN}' but is not a grade cell (nbgrader grade=true)")
+        if is_grade_cell(cell):
+            if cell.cell_type != "code":
+                raise ValueError(f"{where}: a grade cell must be a code cell")
+            points = meta.get("points")
+            if isinstance(points, bool) or not isinstance(points, (int, float)) or points <= 0:
+                raise ValueError(f"{where}: grade cell {grade_id(cell)!r} needs points > 0, got {points!r}")
+            if is_solution_cell(cell):
+                raise ValueError(f"{where}: a cell cannot be both a solution and a grade cell here")
+
+
+def make_exercise(nb, name: str = "notebook"):
+    """The student copy of a source notebook (a new notebook; the source is not changed)."""
+    check_source(nb, name)
+    nb = copy.deepcopy(nb)
+    nb.metadata.pop("widgets", None)
+    for i, cell in enumerate(nb.cells):
+        where = f"{name} cell {i}"
+        cell.metadata.pop("execution", None)
+        if "id" not in cell:
+            cell["id"] = f"cell-{i}"  # deterministic, unlike nbformat's random ids
+        if cell.cell_type == "code":
+            cell.outputs = []
+            cell.execution_count = None
+        if is_solution_cell(cell):
+            cell.source = stub_solution(cell.source, cell.cell_type, where)
+        cell.source = strip_hidden_tests(cell.source, where)
+        if is_grade_cell(cell):
+            tags = list(cell.metadata.get("tags", []))
+            if RUN_ALL_TAG not in tags:
+                cell.metadata["tags"] = tags + [RUN_ALL_TAG]
+    return nb
+
+
+def read_notebook(path):
+    return nbformat.read(str(path), as_version=4)
+
+
+def notebook_text(nb) -> str:
+    """Stable JSON text of a notebook (nbformat's own formatting), ending in a newline."""
+    text = nbformat.writes(nb, version=4)
+    return text if text.endswith("\n") else text + "\n"
+
+
+def exercise_text(solution_path) -> str:
+    path = Path(solution_path)
+    return notebook_text(make_exercise(read_notebook(path), path.name))
+
+
+def source_notebooks(solutions_dir) -> list[Path]:
+    """The exercise sources: every notebook directly in solutions/, sorted by name."""
+    return sorted(p for p in Path(solutions_dir).glob("*.ipynb") if p.is_file())
+
+
+def sync_exercises(solutions_dir, exercises_dir, check: bool = False) -> list[str]:
+    """Bring exercises/ in step with solutions/ (or, with check=True, only report).
+
+    Returns one line per file that differs, is missing or has no source; [] means in step.
+    Without `check` those files are rewritten (or removed, for a stale exercise).
+    """
+    solutions_dir, exercises_dir = Path(solutions_dir), Path(exercises_dir)
+    sources = source_notebooks(solutions_dir)
+    if not sources:
+        raise FileNotFoundError(f"no notebooks in {solutions_dir}: nothing to generate exercises from")
+    problems = []
+    for src in sources:
+        target = exercises_dir / src.name
+        text = exercise_text(src)
+        if not target.exists():
+            problems.append(f"{target}: missing (generated from {src})")
+        elif target.read_text(encoding="utf-8") != text:
+            problems.append(f"{target}: differs from what {src} generates")
+        else:
+            continue
+        if not check:
+            exercises_dir.mkdir(parents=True, exist_ok=True)
+            target.write_text(text, encoding="utf-8")
+    names = {src.name for src in sources}
+    for stale in sorted(exercises_dir.glob("*.ipynb")):
+        if stale.name not in names:
+            problems.append(f"{stale}: has no source in {solutions_dir}")
+            if not check:
+                stale.unlink()
+    return problems

@@ -1,0 +1,419 @@
+"""Grading exercise notebooks: the student's answers, the original checks, a fresh kernel.
+
+A submission is graded against its source in `solutions/`. Only the student's *solution cells*
+are taken from the submission; every other cell (setup, the visible checks and the hidden checks the
+student never saw) comes from the source, so deleting or rewriting a check changes nothing. The
+assembled notebook runs top to bottom in a fresh kernel, with a limit per cell and per notebook:
+
+    grade cell ran, no error          -> its points
+    grade cell raised / timed out     -> 0 (a timed-out cell is interrupted; grading goes on)
+    kernel died (os._exit, SIGKILL)   -> 0 for that cell and every cell after it
+
+Printed text counts for nothing: a cell passes on the kernel's execute reply and the absence of
+error outputs, never on what it prints.
+
+    python -m moe_lab grade submissions/ --out scores.csv
+    python -m moe_lab make-exercises [--check]
+"""
+from __future__ import annotations
+
+import asyncio
+import csv
+import logging
+import os
+import re
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import exercise_gen as gen
+
+DEFAULT_CELL_TIMEOUT = 60.0
+DEFAULT_NOTEBOOK_TIMEOUT = 600.0
+_REPO = Path(__file__).resolve().parent.parent
+_TOP_LEVEL_DEF = re.compile(r"^(?:async\s+def|def|class)\s+(\w+)", re.MULTILINE)
+_quiet = logging.getLogger("moe_lab.grading.kernel")
+_quiet.addHandler(logging.NullHandler())
+_quiet.setLevel(logging.CRITICAL)
+_quiet.propagate = False
+
+
+@dataclass
+class Part:
+    grade_id: str
+    max_points: float
+    points: float = 0.0
+    status: str = "not run"  # passed | failed | timed out | kernel died | not run
+    message: str = ""
+
+
+@dataclass
+class Result:
+    notebook: str
+    source: str | None
+    parts: list[Part] = field(default_factory=list)
+    note: str = ""
+
+    @property
+    def score(self) -> float:
+        return sum(p.points for p in self.parts)
+
+    @property
+    def max_score(self) -> float | None:
+        return sum(p.max_points for p in self.parts) if self.source else None
+
+
+# --- which source, which cells ------------------------------------------------------------------
+
+
+def find_notebooks(paths) -> list[Path]:
+    """Notebooks named directly, and every notebook under a named folder (checkpoints skipped)."""
+    found = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found += sorted(q for q in p.rglob("*.ipynb") if ".ipynb_checkpoints" not in q.parts)
+        elif p.exists():
+            found.append(p)
+        else:
+            raise FileNotFoundError(f"{p}: no such notebook or folder")
+    return found
+
+
+def load_sources(solutions_dir) -> dict[str, object]:
+    return {p.name: gen.read_notebook(p) for p in gen.source_notebooks(solutions_dir)}
+
+
+def match_source(path: Path, submission, sources: dict) -> str | None:
+    """The source a submission belongs to: same file name, else most shared grade_ids, else the
+    source whose name appears in the submission's (e.g. 'alice_ex1_top_k_gating.ipynb')."""
+    if path.name in sources:
+        return path.name
+    ids = {gen.grade_id(c) for c in getattr(submission, "cells", [])} - {None}
+    overlap = {name: len(ids & {gen.grade_id(c) for c in nb.cells}) for name, nb in sources.items()}
+    best = max(overlap.values(), default=0)
+    if best and list(overlap.values()).count(best) == 1:
+        return max(overlap, key=overlap.get)
+    named = [name for name in sources if Path(name).stem in path.stem]
+    return max(named, key=len) if named else None
+
+
+def _defined_names(source: str) -> set[str]:
+    return set(_TOP_LEVEL_DEF.findall(source))
+
+
+def _find_answer(src_cell, index: int, source, submission, used: set) -> int | None:
+    """Index of the submission cell that holds the student's answer for one solution cell.
+
+    By grade_id; else by cell id (kept when a student deletes the nbgrader metadata); else the last
+    code cell defining the same function; else the same position when the cell count is unchanged.
+    """
+    cells = submission.cells
+    gid = gen.grade_id(src_cell)
+    free = [j for j in range(len(cells)) if j not in used and gen.grade_id(cells[j]) in (None, gid)]
+    for j in free:
+        if gen.grade_id(cells[j]) == gid:
+            return j
+    for j in free:
+        if src_cell.get("id") and cells[j].get("id") == src_cell.get("id"):
+            return j
+    names = _defined_names(src_cell.source)
+    if names:
+        same = [j for j in free if cells[j].cell_type == "code" and names & _defined_names(cells[j].source)]
+        if same:
+            return same[-1]
+    if len(cells) == len(source.cells) and index in free and cells[index].cell_type == src_cell.cell_type:
+        return index
+    return None
+
+
+def assemble(source, submission, name: str = "notebook"):
+    """The notebook that is graded: the source, with the submission's answers in its solution cells.
+
+    An answer that cannot be found is graded as the untouched stub.
+    """
+    graded = gen.make_exercise(source, name)  # validates the source and gives the stubs
+    used: set[int] = set()
+    for i, (src_cell, cell) in enumerate(zip(source.cells, graded.cells)):
+        cell.metadata.pop("tags", None)  # no cell may swallow its own error
+        if gen.is_solution_cell(src_cell):
+            j = _find_answer(src_cell, i, source, submission, used)
+            if j is not None:
+                used.add(j)
+                cell.source = submission.cells[j].source
+        else:
+            cell.source = src_cell.source  # the full checks, hidden tests included
+    return graded
+
+
+# --- running a notebook ---------------------------------------------------------------------------
+
+
+def _kernel_env() -> dict:
+    """The grader's environment, with this copy of moe_lab importable in the kernel."""
+    env = dict(os.environ)
+    if (_REPO / "moe_lab" / "__init__.py").exists() and _REPO.name not in ("site-packages", "dist-packages"):
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO), env.get("PYTHONPATH")) if p)
+    env.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+    return env
+
+
+def _first_line(reply_content: dict, outputs) -> str:
+    for out in outputs:
+        if out.get("output_type") == "error":
+            return f"{out.get('ename', 'Error')}: {out.get('evalue', '')}".strip().splitlines()[0][:200]
+    return f"{reply_content.get('ename', 'Error')}: {reply_content.get('evalue', '')}".strip()[:200]
+
+
+async def _execute(nb, cell_timeout: float, notebook_timeout: float, kernel_name: str) -> dict[int, tuple]:
+    """Run every code cell; return {cell index: (status, message)} for the cells that got a verdict.
+
+    status: "ok", "error", "timeout" (interrupted), "dead" (the kernel died in this cell).
+    """
+    from nbclient import NotebookClient
+    from nbclient.exceptions import DeadKernelError
+
+    replies: dict[int, dict] = {}
+    deadline = [float("inf")]
+    client = NotebookClient(
+        nb, kernel_name=kernel_name, allow_errors=True, interrupt_on_timeout=True,
+        error_on_timeout={"ename": "TimeoutError", "evalue": "cell ran past the time limit", "traceback": []},
+        timeout_func=lambda cell: max(1.0, min(cell_timeout, deadline[0] - time.monotonic())),
+        iopub_timeout=2, shutdown_kernel="immediate", record_timing=False, log=_quiet,
+        on_cell_executed=lambda cell, cell_index, execute_reply: replies.__setitem__(cell_index, execute_reply),
+    )
+    verdicts: dict[int, tuple] = {}
+    workdir = tempfile.mkdtemp(prefix="moe_lab_grade_")
+    pgid = None
+    try:
+        async with client.async_setup_kernel(cwd=workdir, env=_kernel_env()):
+            pgid = getattr(getattr(client.km, "provisioner", None), "pgid", None)
+            deadline[0] = time.monotonic() + notebook_timeout
+            timeouts_in_a_row = 0
+            for i, cell in enumerate(nb.cells):
+                if cell.cell_type != "code" or not cell.source.strip():
+                    continue
+                if time.monotonic() >= deadline[0] or timeouts_in_a_row >= 2:
+                    break  # out of time, or a kernel that ignores interrupts: the rest is "not run"
+                try:
+                    await client.async_execute_cell(cell, i)
+                except DeadKernelError:
+                    verdicts[i] = ("dead", "the kernel died")
+                    break
+                except Exception as e:  # nbclient gave up on this kernel; grade what we have
+                    verdicts[i] = ("dead", f"{type(e).__name__}: {e}"[:200])
+                    break
+                content = replies.get(i, {}).get("content", {})
+                if content.get("ename") == "TimeoutError" and not cell.get("outputs"):
+                    verdicts[i] = ("timeout", f"timed out after {client.timeout_func(cell):.0f} s")
+                    timeouts_in_a_row += 1
+                    continue
+                timeouts_in_a_row = 0
+                failed = content.get("status") != "ok" or any(o.get("output_type") == "error" for o in cell.outputs)
+                verdicts[i] = ("error", _first_line(content, cell.outputs)) if failed else ("ok", "")
+    finally:
+        _kill_group(pgid)
+        shutil.rmtree(workdir, ignore_errors=True)
+    return verdicts
+
+
+def _kill_group(pgid) -> None:
+    """The kernel ran in its own process group: make sure nothing it started outlives it."""
+    if pgid and pgid != os.getpgrp():
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def execute_notebook(nb, cell_timeout=DEFAULT_CELL_TIMEOUT, notebook_timeout=DEFAULT_NOTEBOOK_TIMEOUT,
+                     kernel_name="python3") -> dict[int, tuple]:
+    """Run a notebook as it is (outputs are written into `nb`); {cell index: (status, message)}."""
+    return asyncio.run(_execute(nb, cell_timeout, notebook_timeout, kernel_name))
+
+
+# --- grading --------------------------------------------------------------------------------------
+
+
+def _score(graded, verdicts: dict) -> list[Part]:
+    parts, dead = [], False
+    for i, cell in enumerate(graded.cells):
+        if not gen.is_grade_cell(cell):
+            if verdicts.get(i, ("",))[0] == "dead":
+                dead = True
+            continue
+        part = Part(gen.grade_id(cell), float(gen.nbgrader_meta(cell).get("points", 0)))
+        status, message = verdicts.get(i, (None, ""))
+        if status == "ok":
+            part.points, part.status = part.max_points, "passed"
+        elif status == "error":
+            part.status, part.message = "failed", message
+        elif status == "timeout":
+            part.status, part.message = "timed out", message
+        elif status == "dead" or dead:
+            part.status = "kernel died"
+            part.message = "" if status == "dead" else "not run: the kernel died in an earlier cell"
+        else:
+            part.message = "not run: time limit of the notebook"
+        dead = dead or status == "dead"
+        parts.append(part)
+    return parts
+
+
+async def _grade_one(path: Path, sources: dict, limits: dict, gate: asyncio.Semaphore) -> Result:
+    try:
+        submission = gen.read_notebook(path)
+    except Exception as e:  # not JSON, not a notebook
+        submission, problem = None, f"could not read the notebook ({type(e).__name__}: {e})"[:300]
+    else:
+        problem = ""
+    name = match_source(path, submission, sources)
+    if name is None:
+        return Result(str(path), None, note=problem or "no matching exercise in the solutions folder")
+    source = sources[name]
+    if submission is None:
+        parts = [Part(gid, pts, message=problem) for gid, pts in gen.graded_parts(source)]
+        return Result(str(path), name, parts, note=problem)
+    graded = assemble(source, submission, name)
+    async with gate:
+        verdicts = await _execute(graded, **limits)
+    return Result(str(path), name, _score(graded, verdicts))
+
+
+def grade(paths, solutions_dir, cell_timeout=DEFAULT_CELL_TIMEOUT, notebook_timeout=DEFAULT_NOTEBOOK_TIMEOUT,
+          jobs: int = 1, kernel_name: str = "python3") -> list[Result]:
+    """Grade every notebook in `paths` (files or folders) against `solutions_dir`; one Result each."""
+    sources = load_sources(solutions_dir)
+    if not sources:
+        raise FileNotFoundError(f"no source notebooks in {solutions_dir}")
+    notebooks = find_notebooks(paths)
+    limits = dict(cell_timeout=cell_timeout, notebook_timeout=notebook_timeout, kernel_name=kernel_name)
+
+    async def run_all():
+        gate = asyncio.Semaphore(max(1, jobs))
+        return await asyncio.gather(*(_grade_one(p, sources, limits, gate) for p in notebooks))
+
+    return list(asyncio.run(run_all()))
+
+
+def _num(x) -> str:
+    return "" if x is None else (f"{x:g}" if x != int(x) else str(int(x)))
+
+
+def format_table(results: list[Result]) -> str:
+    """One block per notebook: each graded part with its points and verdict, then the total."""
+    lines = []
+    for r in results:
+        lines.append(f"{r.notebook}" + (f"  ({r.source})" if r.source and Path(r.notebook).name != r.source else ""))
+        width = max([len(p.grade_id) for p in r.parts] + [5])
+        for p in r.parts:
+            verdict = p.status + (f": {p.message}" if p.message else "")
+            lines.append(f"  {p.grade_id:<{width}}  {_num(p.points):>3} / {_num(p.max_points):<3}  {verdict}")
+        if r.note:
+            lines.append(f"  note: {r.note}")
+        lines.append(f"  {'total':<{width}}  {_num(r.score):>3} / {_num(r.max_score) or '-':<3}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_csv(results: list[Result], path) -> list[str]:
+    """notebook, score, max_score, then one column per graded part (union over notebooks, in order)."""
+    part_ids: list[str] = []
+    for r in results:
+        part_ids += [p.grade_id for p in r.parts if p.grade_id not in part_ids]
+    columns = ["notebook", "score", "max_score", *part_ids]
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(columns)
+        for r in results:
+            earned = {p.grade_id: _num(p.points) for p in r.parts}
+            w.writerow([r.notebook, _num(r.score), _num(r.max_score), *(earned.get(g, "") for g in part_ids)])
+    return columns
+
+
+# --- command line ---------------------------------------------------------------------------------
+
+
+def _default_dir(name: str) -> Path:
+    here = Path.cwd() / name
+    return here if here.is_dir() or not (_REPO / name).is_dir() else _REPO / name
+
+
+def _cmd_grade(args) -> int:
+    solutions = Path(args.solutions) if args.solutions else _default_dir("solutions")
+    try:
+        results = grade(args.paths, solutions, args.cell_timeout, args.timeout, args.jobs)
+    except FileNotFoundError as e:
+        print(f"grade: {e}", file=sys.stderr)
+        return 2
+    if not results:
+        print("grade: no notebooks found", file=sys.stderr)
+        return 2
+    print(format_table(results))
+    total = sum(r.score for r in results)
+    possible = sum(r.max_score or 0 for r in results)
+    print(f"{len(results)} notebook(s) graded: {_num(total)} / {_num(possible)} points")
+    if args.out:
+        write_csv(results, args.out)
+        print(f"scores written to {args.out}")
+    return 0
+
+
+def _cmd_make_exercises(args) -> int:
+    solutions = Path(args.solutions) if args.solutions else _default_dir("solutions")
+    exercises = Path(args.exercises) if args.exercises else _default_dir("exercises")
+    if args.exercises is None and not exercises.is_dir():
+        exercises = solutions.parent / "exercises"
+    try:
+        problems = gen.sync_exercises(solutions, exercises, check=args.check)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"make-exercises: {e}", file=sys.stderr)
+        return 2
+    if args.check:
+        for line in problems:
+            print(line)
+        if problems:
+            print(f"{exercises} is out of step with {solutions}: run `python -m moe_lab make-exercises`")
+            return 1
+        print(f"{exercises} is in step with {solutions} ({len(gen.source_notebooks(solutions))} notebooks)")
+        return 0
+    for line in problems:
+        print(f"updated  {line}")
+    print(f"{exercises}: {len(gen.source_notebooks(solutions))} exercise notebooks, {len(problems)} changed")
+    return 0
+
+
+def add_parsers(subparsers) -> None:
+    """The `grade` and `make-exercises` subcommands of `python -m moe_lab`."""
+    g = subparsers.add_parser("grade", help="grade exercise notebooks against solutions/ in fresh kernels")
+    g.add_argument("paths", nargs="+", help="submitted notebooks, or folders of them")
+    g.add_argument("--out", help="write one CSV row per notebook: notebook, score, max_score, one column per part")
+    g.add_argument("--cell-timeout", type=float, default=DEFAULT_CELL_TIMEOUT, metavar="S",
+                   help=f"seconds one cell may run (default {DEFAULT_CELL_TIMEOUT:g})")
+    g.add_argument("--timeout", type=float, default=DEFAULT_NOTEBOOK_TIMEOUT, metavar="S",
+                   help=f"seconds one whole notebook may run (default {DEFAULT_NOTEBOOK_TIMEOUT:g})")
+    g.add_argument("--solutions", metavar="DIR", help="source notebooks with the hidden checks (default solutions/)")
+    g.add_argument("--jobs", type=int, default=1, metavar="N", help="notebooks graded at the same time (default 1)")
+    g.set_defaults(func=_cmd_grade)
+
+    m = subparsers.add_parser("make-exercises", help="generate exercises/ from solutions/")
+    m.add_argument("--check", action="store_true", help="change nothing; exit 1 if exercises/ is out of step")
+    m.add_argument("--solutions", metavar="DIR", help="source notebooks (default solutions/)")
+    m.add_argument("--exercises", metavar="DIR", help="student notebooks to write (default exercises/)")
+    m.set_defaults(func=_cmd_make_exercises)
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m moe_lab.grading", description="grade | make-exercises")
+    add_parsers(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,243 @@
+"""Figures of one step: each a pure function `StepTrace -> plotly Figure` answering one question.
+
+Nothing here starts a process or touches torch: a figure only reads the arrays a step recorded
+(see `trace.py`), so the same trace can be drawn again and again, in a notebook or a test.
+Words follow the chapter: P GPUs (ranks), experts E_i, capacity C, tokens N per GPU, k choices.
+
+    alltoall_buffers   what sits in every GPU's send buffer before dispatch and receive buffer after?
+    traffic_matrix     how many token copies does GPU i send GPU j?
+    per_gpu_load       how many tokens land on each GPU, against the capacity?
+    dropped_tokens     which experts dropped tokens, and what share of all assignments?
+    stragglers         which GPU is slowest, and in which phase? (the step waits for it)
+    token_path         the chapter's Question: one token's trip to its experts' GPUs and back
+                       (in `viz_path.py`, re-exported here)
+    training_curves    load balance over training steps (in `viz_training.py`, re-exported here)
+"""
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.colors import qualitative
+from plotly.subplots import make_subplots
+
+from .trace import PHASES, StepTrace
+
+PADDING_COLOR = "#c9c9c9"  # wasted rows of a padded buffer
+DROPPED_COLOR = "#d62728"
+KEPT_COLOR = "#1f77b4"
+PHASE_COLORS = dict(router="#9467bd", count_exchange="#bcbd22", dispatch="#ff7f0e", experts="#2ca02c",
+                    combine="#17becf", other="#c9c9c9")
+HOVER_CELL_LIMIT = 60_000  # above this many buffer cells, drop per-cell hover text to stay fast
+
+
+def gpu_label(r: int) -> str:
+    return f"GPU {r}"
+
+
+def expert_colors(num_experts: int) -> list[str]:
+    """One colour per expert E_i, the same in every figure of the course."""
+    palette = qualitative.Plotly if num_experts <= 10 else qualitative.Alphabet
+    return [palette[i % len(palette)] for i in range(num_experts)]
+
+
+# ---- AlltoAll buffers ------------------------------------------------------------------------
+
+BUFFER_ROWS = ("send (before dispatch)", "receive (after dispatch)", "dropped (never sent)")
+
+
+def alltoall_buffers(trace: StepTrace) -> go.Figure:
+    """One panel per GPU: its send buffer (chunks by destination GPU), its receive buffer (chunks
+    by source GPU) and the assignments it dropped, one cell per buffer row coloured by expert.
+
+    This is the chapter's "Before AlltoAll / After AlltoAll" picture, with real slots: a cell of
+    value e is a token copy for expert E_e, -1 (grey) a padding row that travels but carries
+    nothing. One heatmap per panel keeps the figure at P traces however many tokens there are.
+    """
+    P, E = trace.world_size, trace.num_experts
+    sides = [_buffer_cells(trace, r) for r in range(P)]  # per rank: 3 lists of (value, hover)
+    width = max(1, max(len(row) for side in sides for row in side))
+    hover = P * len(BUFFER_ROWS) * width <= HOVER_CELL_LIMIT
+    titles = []
+    for r in range(P):
+        n_drop = int((trace.expert[r] < 0).sum())
+        titles.append(f"{gpu_label(r)}: sends {int(trace.send_rows[r])} rows, receives {int(trace.recv_rows[r])}"
+                      f" ({int(trace.recv_tokens[r])} real), dropped {n_drop}")
+    fig = make_subplots(rows=P, cols=1, shared_xaxes=True, vertical_spacing=min(0.04, 0.3 / P),
+                        subplot_titles=titles)
+    shapes = []  # chunk boundaries, set once: add_shape per line is slow
+    for r, side in enumerate(sides):
+        z = np.full((len(BUFFER_ROWS), width), np.nan, np.float32)  # [3, width]; NaN = past the end
+        text = np.full(z.shape, "", object) if hover else None
+        for i, row in enumerate(side):
+            if row:
+                z[i, : len(row)] = [v for v, _ in row]
+                if hover:
+                    text[i, : len(row)] = [h for _, h in row]
+        fig.add_trace(go.Heatmap(
+            z=z, y=list(BUFFER_ROWS), x=np.arange(width), coloraxis="coloraxis", name=gpu_label(r),
+            text=text, hovertemplate="%{text}<extra>" + gpu_label(r) + "</extra>" if hover else None,
+            hoverinfo=None if hover else "x+y+z", xgap=0, ygap=2,
+        ), row=r + 1, col=1)
+        sp = fig.get_subplot(r + 1, 1)
+        shapes += _chunk_lines(trace, r, sp.xaxis.plotly_name.replace("axis", ""),
+                               sp.yaxis.plotly_name.replace("axis", ""))
+    fig.update_yaxes(autorange="reversed")
+    mode = "padded" if trace.buffer_slots is not None else "ragged"
+    cap = "dropless" if trace.capacity is None else f"capacity C = {trace.capacity} per expert per source GPU"
+    fig.update_layout(
+        title=f"AlltoAll buffers on {P} GPUs ({mode}, {cap})<br><sup>each GPU sends tokens for E0..E{E - 1}, "
+              f"chunked by destination GPU, and receives only tokens for its own experts, chunked by source"
+              f"{'; grey rows are padding: sent, but wasted' if trace.buffer_slots is not None else ''}</sup>",
+        coloraxis=_expert_colorscale(E), shapes=shapes, height=150 + 135 * P, margin=dict(l=10, r=10, t=90, b=40),
+        showlegend=False,
+    )
+    fig.update_xaxes(title_text="buffer row", row=P, col=1)
+    return fig
+
+
+def _buffer_cells(trace: StepTrace, r: int) -> list[list[tuple]]:
+    """Rank r's send rows, receive rows and dropped assignments as (colour value, hover text)."""
+    send = [(e, f"token {t} (choice {j}) → {gpu_label(d)}, E{e} slot {s}") if t is not None
+            else (-1, f"padding → {gpu_label(d)}, E{e} slot {s} (wasted)") for d, e, s, t, j in trace.send_buffer(r)]
+    recv = [(e, f"from {gpu_label(src)}: token {t} (choice {j}), E{e} slot {s}") if t is not None
+            else (-1, f"padding from {gpu_label(src)}, E{e} slot {s} (wasted)")
+            for src, e, s, t, j in trace.recv_buffer(r)]
+    t_d, j_d = np.nonzero(trace.expert[r] < 0)
+    drop = [(int(trace.experts[r, t, j]), f"token {t} (choice {j}) wanted E{trace.experts[r, t, j]}: dropped, "
+             f"contributes 0") for t, j in zip(t_d, j_d)]
+    return [send, recv, drop]
+
+
+def _chunk_lines(trace: StepTrace, r: int, xref: str, yref: str) -> list[dict]:
+    """White lines between destination chunks (send) and source chunks (receive) of rank r."""
+    send_d = [d for d, *_ in trace.send_buffer(r)]
+    recv_s = [s for s, *_ in trace.recv_buffer(r)]
+    lines = []
+    for y, owners in ((0, send_d), (1, recv_s)):
+        for c in (i for i in range(1, len(owners)) if owners[i] != owners[i - 1]):
+            lines.append(dict(type="line", x0=c - 0.5, x1=c - 0.5, y0=y - 0.45, y1=y + 0.45, xref=xref, yref=yref,
+                              line=dict(color="white", width=2)))
+    return lines
+
+
+def _expert_colorscale(E: int) -> dict:
+    """A stepped colour scale: value -1 is padding (grey), value e is expert E_e's colour."""
+    colors = [PADDING_COLOR] + expert_colors(E)
+    n = len(colors)
+    scale = []
+    for i, c in enumerate(colors):
+        scale += [[i / n, c], [(i + 1) / n, c]]
+    return dict(colorscale=scale, cmin=-1.5, cmax=E - 0.5, colorbar=dict(
+        title="expert", tickvals=list(range(-1, E)), ticktext=["padding"] + [f"E{e}" for e in range(E)]))
+
+
+# ---- traffic, load, drops --------------------------------------------------------------------
+
+def traffic_matrix(trace: StepTrace) -> go.Figure:
+    """The [P, P] dispatch matrix: token copies GPU i sends GPU j. Combine sends them back (the
+    transpose). The diagonal stays on its GPU; everything else crosses the network."""
+    P = trace.world_size
+    z = np.asarray(trace.send_counts)  # [P src, P dst]
+    text = [[f"{gpu_label(i)} → {gpu_label(j)}: {z[i, j]} token copies" + (" (stays local)" if i == j else "")
+             for j in range(P)] for i in range(P)]
+    labels = [gpu_label(r) for r in range(P)]
+    mb = float(np.sum(trace.bytes_sent)) / 1e6
+    fig = go.Figure(go.Heatmap(z=z, x=labels, y=labels, colorscale="Blues", texttemplate="%{z}", text=text,
+                               hovertemplate="%{text}<extra></extra>", colorbar=dict(title="tokens")))
+    fig.update_layout(
+        title=f"Dispatch AlltoAll: tokens GPU i sends GPU j<br><sup>{int(z.sum())} copies, {mb:.2f} MB on the wire"
+              f"{' with padding' if trace.buffer_slots is not None else ''}; combine sends every copy back: "
+              f"its matrix is the transpose</sup>",
+        xaxis_title="to GPU j (holds the chosen expert)", yaxis_title="from GPU i (the token's home)",
+        yaxis=dict(autorange="reversed"), height=180 + 45 * P, width=max(560, 200 + 55 * P),
+    )
+    return fig
+
+
+def per_gpu_load(trace: StepTrace) -> go.Figure:
+    """Tokens each GPU's experts receive, with the ones dropped before reaching them on top, against
+    the capacity: the chapter's "that GPU is overloaded while others idle"."""
+    P, m = trace.world_size, trace.experts_per_rank
+    x = np.arange(P)
+    dropped = np.asarray(trace.dropped).reshape(P, m).sum(1)  # [P] dropped copies that wanted this GPU
+    fig = go.Figure([
+        go.Bar(x=x, y=trace.recv_tokens, name="received (kept)", marker_color=KEPT_COLOR),
+        go.Bar(x=x, y=dropped, name="dropped (wanted this GPU's experts)", marker_color=DROPPED_COLOR),
+    ])
+    mean = float(np.mean(trace.recv_tokens))
+    fig.add_trace(go.Scatter(x=[-0.5, P - 0.5], y=[mean, mean], mode="lines", name=f"mean {mean:.0f}",
+                             line=dict(color="black", dash="dot")))
+    sub = "dropless: no capacity limit"
+    if trace.capacity is not None:
+        limit = trace.capacity * m * P  # C slots × m local experts × P source GPUs
+        fig.add_trace(go.Scatter(x=[-0.5, P - 0.5], y=[limit, limit], mode="lines", name=f"capacity {limit}",
+                                 line=dict(color=DROPPED_COLOR, dash="dash")))
+        sub = f"capacity = C·m·P = {trace.capacity}·{m}·{P} = {limit} per GPU"
+    fig.update_layout(
+        barmode="stack", title=f"Tokens per GPU: max/mean = {trace.load_imbalance:.2f}<br><sup>{sub}</sup>",
+        xaxis=dict(title="GPU (experts it holds)", tickvals=list(x),
+                   ticktext=[f"{gpu_label(r)}<br>E{r * m}" + (f"-E{r * m + m - 1}" if m > 1 else "") for r in x]),
+        yaxis_title="token copies received", legend=dict(orientation="h", y=-0.25),
+    )
+    return fig
+
+
+def dropped_tokens(trace: StepTrace) -> go.Figure:
+    """Kept and dropped assignments per expert E_i, and the dropped share of all P·N·k."""
+    E = trace.num_experts
+    x = np.arange(E)
+    fig = go.Figure([
+        go.Bar(x=x, y=trace.kept, name="kept (served by E_i)", marker_color=KEPT_COLOR),
+        go.Bar(x=x, y=trace.dropped, name="dropped (chose E_i, over capacity)", marker_color=DROPPED_COLOR),
+    ])
+    if trace.capacity is not None:
+        limit = trace.capacity * trace.world_size  # C slots from each of the P source GPUs
+        fig.add_trace(go.Scatter(x=[-0.5, E - 0.5], y=[limit, limit], mode="lines",
+                                 name=f"C·P = {limit}", line=dict(color=DROPPED_COLOR, dash="dash")))
+    share = trace.dropped_share
+    total = trace.assignments
+    sub = ("dropless" if trace.capacity is None else f"capacity C = {trace.capacity} per expert per GPU")
+    fig.update_layout(
+        barmode="stack",
+        title=f"Dropped: {100 * share:.1f}% of the P·N·k = {total} assignments "
+              f"({int(np.sum(trace.dropped))} dropped)<br><sup>{sub}</sup>",
+        xaxis=dict(title="expert", tickvals=list(x), ticktext=[f"E{e}" for e in x]),
+        yaxis_title="assignments (token copies)", legend=dict(orientation="h", y=-0.2),
+    )
+    return fig
+
+
+def stragglers(trace: StepTrace) -> go.Figure:
+    """Each GPU's time split by phase, and the step time: every GPU waits in the AlltoAll for the
+    slowest, so the step takes max over GPUs, not the mean."""
+    P = trace.world_size
+    x = np.arange(P)
+    ms = {ph: 1e3 * np.asarray(trace.phase_time_s.get(ph, np.zeros(P)), float) for ph in PHASES}  # [P] each
+    total = 1e3 * np.asarray(trace.rank_time_s, float)  # [P]
+    phase_sum = sum(ms.values())
+    other = np.clip(total - phase_sum, 0.0, None)
+    bars = [go.Bar(x=x, y=ms[ph], name=ph.replace("_", " "), marker_color=PHASE_COLORS[ph]) for ph in PHASES]
+    if np.any(other > 1e-9):
+        bars.append(go.Bar(x=x, y=other, name="other", marker_color=PHASE_COLORS["other"]))
+    fig = go.Figure(bars)
+    per_rank = np.maximum(total, phase_sum)
+    step = float(per_rank.max()) if P else 0.0
+    slow = int(np.argmax(per_rank)) if P else 0
+    fig.add_trace(go.Scatter(x=[-0.5, P - 0.5], y=[step, step], mode="lines", name=f"step time {step:.2f} ms",
+                             line=dict(color="black", dash="dash")))
+    fig.update_layout(
+        barmode="stack",
+        title=f"The step waits for the slowest GPU: {gpu_label(slow)} takes {step:.2f} ms "
+              f"(mean {float(per_rank.mean()):.2f} ms)",
+        xaxis=dict(title="GPU", tickvals=list(x), ticktext=[gpu_label(r) for r in x]),
+        yaxis_title="time (ms)", legend=dict(orientation="h", y=-0.2),
+    )
+    return fig
+
+
+from .viz_path import describe_token_path, token_path  # noqa: E402  (re-exported)
+from .viz_training import HISTORY_FIELDS, compare_runs, record_from_trace, training_curves  # noqa: E402
+
+__all__ = ["alltoall_buffers", "traffic_matrix", "per_gpu_load", "dropped_tokens", "stragglers", "token_path",
+           "describe_token_path", "training_curves", "compare_runs", "record_from_trace", "HISTORY_FIELDS",
+           "expert_colors", "gpu_label"]
