@@ -25,7 +25,11 @@ def main(argv=None) -> int:
     except ImportError:
         pass
     args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except ValueError as e:  # bad settings: say what to change, no traceback
+        print(f"python -m moe_lab {args.command}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

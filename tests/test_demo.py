@@ -1,0 +1,30 @@
+"""The terminal demo: the same step from `python -m moe_lab demo` and from torchrun."""
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+
+def run(cmd):
+    env = dict(os.environ, PYTHONPATH=os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_torchrun_demo_matches_the_cluster_demo():
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
+    if torchrun is None:
+        pytest.fail("torchrun not found next to the interpreter")
+    args = ["demo", "--skew", "0.6", "--seed", "3", "--tokens-per-rank", "256"]
+    via_cluster = run([sys.executable, "-m", "moe_lab", *args, "--world-size", "4"])
+    via_torchrun = run([torchrun, "--nproc-per-node", "4", "-m", "moe_lab", *args, "--backend", "gloo"])
+    assert via_cluster.returncode == 0, via_cluster.stderr
+    assert via_torchrun.returncode == 0, via_torchrun.stderr
+    assert "send_counts" in via_cluster.stdout and "dropped:" in via_cluster.stdout
+    assert via_torchrun.stdout == via_cluster.stdout
+
+
+def test_demo_rejects_bad_config_before_starting_ranks():
+    out = run([sys.executable, "-m", "moe_lab", "demo", "--world-size", "3", "--experts", "4"])
+    assert out.returncode != 0 and "cannot be split evenly" in out.stderr

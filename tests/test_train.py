@@ -1,0 +1,52 @@
+"""Training on 8 real ranks: the router collapses without balancing; α (or the bias) fixes it."""
+import numpy as np
+import pytest
+
+from moe_lab import MoEConfig
+from moe_lab.cluster import Cluster
+from moe_lab.train import train
+
+CFG = MoEConfig(num_experts=8, k=2, capacity_factor=1.25, seed=0)
+
+
+@pytest.fixture(scope="module")
+def runs():
+    with Cluster(world_size=8, timeout=60) as c:
+        return {b: list(train(c, CFG, balance=b)) for b in ("none", "aux", "bias")}
+
+
+def busiest_over_fair(records, last=10):
+    share = np.mean([r["load_share"] for r in records[-last:]], axis=0)  # [E]
+    return share.max() * len(share)
+
+
+def test_router_starts_collapsed(runs):
+    for records in runs.values():
+        assert records[0]["max_over_mean"] == pytest.approx(4.0)  # every first choice is expert 0 (k=2)
+
+
+def test_without_balancing_the_busiest_expert_keeps_twice_its_share(runs):
+    assert busiest_over_fair(runs["none"]) >= 2.0
+
+
+def test_aux_loss_with_the_default_alpha_balances_load(runs):
+    assert CFG.aux_alpha == MoEConfig().aux_alpha
+    assert busiest_over_fair(runs["aux"]) <= 1.3
+
+
+def test_aux_loss_free_bias_also_balances(runs):
+    assert busiest_over_fair(runs["bias"]) <= 1.3
+
+
+def test_the_task_is_learned(runs):
+    for records in runs.values():
+        assert records[-1]["task_loss"] < 0.5 * records[0]["task_loss"]
+
+
+def test_bad_training_arguments():
+    with Cluster(world_size=2, start=False) as c:
+        with pytest.raises(ValueError, match="balance='magic'"):
+            next(train(c, MoEConfig(num_experts=2, k=1), balance="magic"))
+        with pytest.raises(ValueError, match="steps=0"):
+            next(train(c, MoEConfig(num_experts=2, k=1), steps=0))
+        assert not c.running
