@@ -28,7 +28,7 @@ from multiprocessing.connection import wait
 
 from .config import check_world_size
 
-_PRELOAD = ["torch", "torch.distributed", "moe_lab.cluster", "moe_lab.step", "moe_lab.faults", "moe_lab.train"]
+_PRELOAD = ["torch", "torch.distributed", "moe_lab.cluster", "moe_lab.step", "moe_lab.faults", "moe_lab.train", "moe_lab.mesh"]
 # Words in a rank's error that mean "my peer went away", not "I am the cause".
 _SECONDARY = ("DistBackendError", "Connection closed", "Connection reset", "Timed out", "timed out",
               "gloo", "NCCL", "Broken pipe", "peer")

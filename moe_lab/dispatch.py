@@ -19,10 +19,12 @@ import torch
 import torch.distributed as dist
 from torch.distributed import _functional_collectives as funcol
 
-from .experts import expert_ffn
+from .comm import note
+from .experts import expert_ffn, tp_expert_ffn
 
 
 def _a2a(x, out_splits, in_splits, group):
+    note("all_to_all", "ep", x)
     y = funcol.all_to_all_single_autograd(x, out_splits, in_splits, group)
     return funcol.wait_tensor(y) if isinstance(y, funcol.AsyncCollectiveTensor) else y
 
@@ -52,6 +54,7 @@ def exchange_counts(counts: torch.Tensor, group) -> torch.Tensor:
     rank will send to each of this rank's m local experts. A tiny AlltoAll of its own."""
     P = dist.get_world_size(group)
     recv = torch.empty_like(counts)
+    note("all_to_all (counts)", "ep", counts)
     dist.all_to_all_single(recv, counts, group=group)  # equal splits of m counts per rank
     return recv.view(P, -1)
 
@@ -105,6 +108,9 @@ def padded_exchange(x, order, counts, S, k, local_experts, group, timer):
     return back[pos]
 
 
-def make_local_experts(w_in, w_out):
-    """local_experts(e, rows) for this rank's m experts w_in [m, d, h], w_out [m, h, d]."""
-    return lambda e, rows: expert_ffn(rows, w_in[e], w_out[e])
+def make_local_experts(w_in, w_out, tp_group=None):
+    """local_experts(e, rows) for this rank's m experts w_in [m, d, h], w_out [m, h, d]; with a
+    TP group, w_in / w_out are this rank's column / row shards and the partial sums are reduced."""
+    if tp_group is None:
+        return lambda e, rows: expert_ffn(rows, w_in[e], w_out[e])
+    return lambda e, rows: tp_expert_ffn(rows, w_in[e], w_out[e], tp_group)

@@ -26,11 +26,48 @@ def tp_shard(w_in: torch.Tensor, w_out: torch.Tensor, tp_rank: int, tp_size: int
     return w_in[..., cols].contiguous(), w_out[..., cols, :].contiguous()
 
 
-def tp_expert_ffn(x: torch.Tensor, w_in_shard, w_out_shard, tp_group=None) -> torch.Tensor:
-    """Tensor-parallel expert: partial output on this TP rank, summed over the TP group."""
-    from torch.distributed import _functional_collectives as funcol
+class _CopyToTP(torch.autograd.Function):
+    """Megatron's f: identity forward; backward sums the input gradient over the TP group
+    (every TP rank used the same x with a different weight slice)."""
 
-    partial = expert_ffn(x, w_in_shard, w_out_shard)  # [T, d], a partial sum
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        import torch.distributed as dist
+
+        grad = grad.contiguous()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad, None
+
+
+class _ReduceFromTP(torch.autograd.Function):
+    """Megatron's g: forward sums the partial outputs over the TP group; backward is identity
+    (every TP rank holds the same full output and the same loss)."""
+
+    @staticmethod
+    def forward(ctx, partial, group):
+        import torch.distributed as dist
+
+        from .comm import note
+
+        out = partial.contiguous().clone()
+        note("all_reduce", "tp", out)
+        dist.all_reduce(out, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+def tp_expert_ffn(x: torch.Tensor, w_in_shard, w_out_shard, tp_group=None) -> torch.Tensor:
+    """Tensor-parallel expert: each TP rank computes relu(x @ w_in[:, cols]) @ w_out[cols, :],
+    a partial sum of the output; one all-reduce in the TP group completes it."""
     if tp_group is None:
-        return partial
-    return funcol.all_reduce(partial, "sum", tp_group)
+        return expert_ffn(x, w_in_shard, w_out_shard)
+    partial = expert_ffn(_CopyToTP.apply(x, tp_group), w_in_shard, w_out_shard)  # [T, d] partial sum
+    return _ReduceFromTP.apply(partial, tp_group)

@@ -13,8 +13,10 @@ import torch.distributed as dist
 from torch import nn
 
 from . import routing
+from .comm import note
 from .config import MoEConfig
 from .dispatch import exchange_counts, make_local_experts, padded_exchange, ragged_exchange, send_order
+from .experts import tp_shard
 from .reference import route_block
 from .trace import RankTrace
 
@@ -29,14 +31,22 @@ class MoELayer(nn.Module):
     gradient of every rank's tokens).
     """
 
-    def __init__(self, cfg: MoEConfig, group=None, device=None):
+    def __init__(self, cfg: MoEConfig, group=None, device=None, tp_group=None, router_group=None):
         super().__init__()
         if not dist.is_initialized():
             raise RuntimeError("MoELayer needs torch.distributed: run it inside Cluster.run or torchrun")
         self.cfg, self.group = cfg, group if group is not None else dist.group.WORLD
         self.P, self.rank = dist.get_world_size(self.group), dist.get_rank(self.group)
+        # optional tensor parallelism inside each expert (moe_lab.mesh): hidden dim split over TP
+        self.tp_group = tp_group
+        self.tp_size = dist.get_world_size(tp_group) if tp_group is not None else 1
+        self.tp_rank = dist.get_rank(tp_group) if tp_group is not None else 0
+        self.router_group = router_group if router_group is not None else self.group  # replicas of the router
         m = cfg.experts_per_rank(self.P)
-        d, h, E = cfg.d_model, cfg.d_hidden, cfg.num_experts
+        d, E = cfg.d_model, cfg.num_experts
+        if cfg.d_hidden % self.tp_size:
+            raise ValueError(f"d_hidden={cfg.d_hidden} cannot be split over tp_size={self.tp_size}")
+        h = cfg.d_hidden // self.tp_size
         self.first_expert = self.rank * m  # this rank holds experts first_expert .. first_expert+m-1
         self.router_w = nn.Parameter(torch.zeros(d, E, device=device))  # [d, E]
         self.w_in = nn.Parameter(torch.zeros(m, d, h, device=device))  # [m, d, h]
@@ -49,14 +59,18 @@ class MoELayer(nn.Module):
     def load_global_weights(self, router_w, w_in, w_out):
         """Keep the router and this rank's own slices of the global [E, ...] expert weights."""
         m = self.w_in.shape[0]
+        w_in, w_out = w_in[self.first_expert : self.first_expert + m], w_out[self.first_expert : self.first_expert + m]
+        if self.tp_group is not None:
+            w_in, w_out = tp_shard(w_in, w_out, self.tp_rank, self.tp_size)
         self.router_w.copy_(router_w)
-        self.w_in.copy_(w_in[self.first_expert : self.first_expert + m])
-        self.w_out.copy_(w_out[self.first_expert : self.first_expert + m])
+        self.w_in.copy_(w_in)
+        self.w_out.copy_(w_out)
         return self
 
     def sync_router_grads(self, op=dist.ReduceOp.SUM):
         if self.router_w.grad is not None:
-            dist.all_reduce(self.router_w.grad, op=op, group=self.group)
+            note("all_reduce", "router", self.router_w.grad)
+            dist.all_reduce(self.router_w.grad, op=op, group=self.router_group)
 
     def forward(self, x: torch.Tensor):
         cfg = self.cfg
@@ -72,7 +86,7 @@ class MoELayer(nn.Module):
             bias = self.select_bias if self.select_bias.any() else None
             r = route_block(x, self.router_w, cfg, bias)  # gates, experts, expert, slot: [N, k]
             order, counts = send_order(r["expert"], r["slot"], E)  # [S], [E]
-        local_experts = make_local_experts(self.w_in, self.w_out)
+        local_experts = make_local_experts(self.w_in, self.w_out, self.tp_group)
         if cfg.dispatch == "ragged":
             with timer("count_exchange"):
                 recv_counts = exchange_counts(counts, self.group)  # [P, m]
