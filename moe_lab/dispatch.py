@@ -26,7 +26,10 @@ from .experts import expert_ffn, tp_expert_ffn
 def _a2a(x, out_splits, in_splits, group):
     note("all_to_all", "ep", x)
     y = funcol.all_to_all_single_autograd(x, out_splits, in_splits, group)
-    return funcol.wait_tensor(y) if isinstance(y, funcol.AsyncCollectiveTensor) else y
+    y = funcol.wait_tensor(y) if isinstance(y, funcol.AsyncCollectiveTensor) else y
+    if y.requires_grad:  # backward sends dL/dy back along the same rows: count it too
+        y.register_hook(lambda g: note("all_to_all (backward)", "ep", g))
+    return y
 
 
 def send_order(expert: torch.Tensor, slot: torch.Tensor, num_experts: int):

@@ -39,7 +39,10 @@ class _CopyToTP(torch.autograd.Function):
     def backward(ctx, grad):
         import torch.distributed as dist
 
+        from .comm import note
+
         grad = grad.contiguous()
+        note("all_reduce (backward)", "tp", grad)
         dist.all_reduce(grad, group=ctx.group)
         return grad, None
 

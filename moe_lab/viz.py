@@ -54,19 +54,22 @@ def alltoall_buffers(trace: StepTrace) -> go.Figure:
     nothing. One heatmap per panel keeps the figure at P traces however many tokens there are.
     """
     P, E = trace.world_size, trace.num_experts
-    sides = [_buffer_cells(trace, r) for r in range(P)]  # per rank: 3 lists of (value, hover)
+    buffers = [(trace.send_buffer(r), trace.recv_buffer(r)) for r in range(P)]  # rows, as trace.py lays them out
+    sides = [_buffer_cells(trace, r, *buffers[r]) for r in range(P)]  # per rank: 3 lists of (value, hover)
     width = max(1, max(len(row) for side in sides for row in side))
     hover = P * len(BUFFER_ROWS) * width <= HOVER_CELL_LIMIT
     titles = []
     for r in range(P):
         n_drop = int((trace.expert[r] < 0).sum())
+        real = f" ({int(trace.recv_tokens[r])} real)" if trace.buffer_slots is not None else ""
         titles.append(f"{gpu_label(r)}: sends {int(trace.send_rows[r])} rows, receives {int(trace.recv_rows[r])}"
-                      f" ({int(trace.recv_tokens[r])} real), dropped {n_drop}")
+                      f"{real}, dropped {n_drop}")
     fig = make_subplots(rows=P, cols=1, shared_xaxes=True, vertical_spacing=min(0.04, 0.3 / P),
                         subplot_titles=titles)
     shapes = []  # chunk boundaries, set once: add_shape per line is slow
     for r, side in enumerate(sides):
-        z = np.full((len(BUFFER_ROWS), width), np.nan, np.float32)  # [3, width]; NaN = past the end
+        # [3, width]; None = past the end of that buffer (not NaN: widget messages are strict JSON)
+        z = np.full((len(BUFFER_ROWS), width), None, object)
         text = np.full(z.shape, "", object) if hover else None
         for i, row in enumerate(side):
             if row:
@@ -79,7 +82,7 @@ def alltoall_buffers(trace: StepTrace) -> go.Figure:
             hoverinfo=None if hover else "x+y+z", xgap=0, ygap=2,
         ), row=r + 1, col=1)
         sp = fig.get_subplot(r + 1, 1)
-        shapes += _chunk_lines(trace, r, sp.xaxis.plotly_name.replace("axis", ""),
+        shapes += _chunk_lines(*buffers[r], sp.xaxis.plotly_name.replace("axis", ""),
                                sp.yaxis.plotly_name.replace("axis", ""))
     fig.update_yaxes(autorange="reversed")
     mode = "padded" if trace.buffer_slots is not None else "ragged"
@@ -95,23 +98,24 @@ def alltoall_buffers(trace: StepTrace) -> go.Figure:
     return fig
 
 
-def _buffer_cells(trace: StepTrace, r: int) -> list[list[tuple]]:
+def _buffer_cells(trace: StepTrace, r: int, send_rows: list, recv_rows: list) -> list[list[tuple]]:
     """Rank r's send rows, receive rows and dropped assignments as (colour value, hover text)."""
     send = [(e, f"token {t} (choice {j}) → {gpu_label(d)}, E{e} slot {s}") if t is not None
-            else (-1, f"padding → {gpu_label(d)}, E{e} slot {s} (wasted)") for d, e, s, t, j in trace.send_buffer(r)]
+            else (-1, f"padding → {gpu_label(d)}, E{e} slot {s} (wasted)") for d, e, s, t, j in send_rows]
     recv = [(e, f"from {gpu_label(src)}: token {t} (choice {j}), E{e} slot {s}") if t is not None
             else (-1, f"padding from {gpu_label(src)}, E{e} slot {s} (wasted)")
-            for src, e, s, t, j in trace.recv_buffer(r)]
+            for src, e, s, t, j in recv_rows]
     t_d, j_d = np.nonzero(trace.expert[r] < 0)
-    drop = [(int(trace.experts[r, t, j]), f"token {t} (choice {j}) wanted E{trace.experts[r, t, j]}: dropped, "
-             f"contributes 0") for t, j in zip(t_d, j_d)]
+    wanted = trace.experts[r][t_d, j_d].tolist()
+    drop = [(e, f"token {t} (choice {j}) wanted E{e}: dropped, contributes 0")
+            for t, j, e in zip(t_d.tolist(), j_d.tolist(), wanted)]
     return [send, recv, drop]
 
 
-def _chunk_lines(trace: StepTrace, r: int, xref: str, yref: str) -> list[dict]:
-    """White lines between destination chunks (send) and source chunks (receive) of rank r."""
-    send_d = [d for d, *_ in trace.send_buffer(r)]
-    recv_s = [s for s, *_ in trace.recv_buffer(r)]
+def _chunk_lines(send_rows: list, recv_rows: list, xref: str, yref: str) -> list[dict]:
+    """White lines between destination chunks (send) and source chunks (receive) of one rank."""
+    send_d = [d for d, *_ in send_rows]
+    recv_s = [s for s, *_ in recv_rows]
     lines = []
     for y, owners in ((0, send_d), (1, recv_s)):
         for c in (i for i in range(1, len(owners)) if owners[i] != owners[i - 1]):

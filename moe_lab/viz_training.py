@@ -10,8 +10,8 @@ attributes). Every figure here reads only these fields, so any loop can be drawn
     aux_loss       float   L_aux = α · P · Σ_i f_i · p_i of the step
     task_loss      float   the task's own loss (without L_aux)
 
-Only `step` and `load_share` are required; a missing or None value leaves a gap, and a missing
-`max_over_mean` is computed from `load_share`. `record_from_trace` builds a record from a StepTrace.
+Only `step` and `load_share` are required; a missing or None value leaves a gap, a missing
+`max_over_mean` is computed from `load_share`, and other keys (e.g. the balancing method) are ignored. `record_from_trace` builds a record from a StepTrace.
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 A dashboard holds no figure math and no process code: it reads its controls into a `MoEConfig`,
 asks its stepper for a `StepTrace` (`cluster.step(...)`, any object with `.step` and
 `.world_size` will do), draws the trace with `viz` and copies the result into `go.FigureWidget`s
-with `batch_update`, so the page updates in one message and keeps its zoom and size.
+with `batch_update`, so the page updates in one message, without re-creating the widget.
 
 Slow steps and fast drags: sliders report on release (`continuous_update=False`), and a change
 that arrives while a step is still running only marks the settings dirty; when the step ends the

@@ -1,0 +1,273 @@
+"""Dashboards, headless: setting a control's `.value` runs one step and the figures show its numbers.
+
+A fake stepper routes with the real routing code in this process (tests/trace_factory.py), so these
+tests need no worker ranks; one test at the end drives a real 2-rank Cluster.
+"""
+import numpy as np
+import plotly.graph_objects as go
+import pytest
+
+from moe_lab import MoEConfig, viz
+from moe_lab.widgets import Playground, TokenTracer, TrainingMonitor, copy_figure
+from trace_factory import chapter_question_trace, make_trace
+
+
+class FakeCluster:
+    """Duck-types Cluster.step / .world_size; records every call."""
+
+    def __init__(self, world_size=4, on_step=None, fail_when=None):
+        self.world_size = world_size
+        self.calls = []
+        self.on_step, self.fail_when = on_step, fail_when
+
+    def step(self, cfg, tokens_per_rank=512, skew=0.0, backward=False):
+        self.calls.append(dict(cfg=cfg, tokens_per_rank=tokens_per_rank, skew=skew, backward=backward))
+        if self.fail_when and self.fail_when(cfg, tokens_per_rank, skew):
+            raise RuntimeError("rank 1 failed: simulated")
+        if self.on_step:
+            self.on_step(len(self.calls))
+        return make_trace(cfg, self.world_size, tokens_per_rank, skew)
+
+
+@pytest.fixture
+def fake():
+    return FakeCluster()
+
+
+@pytest.fixture
+def pg(fake):
+    return Playground(fake, MoEConfig(num_experts=8, k=2, capacity_factor=1.25), tokens_per_rank=64)
+
+
+def _z(fw):
+    return np.asarray(fw.data[0].z)
+
+
+def _named(fw, prefix):
+    return next(t for t in fw.data if (t.name or "").startswith(prefix))
+
+
+def _buffer_cells(fw, value=None):
+    """Send and receive cells over all panels: filled ones, or those equal to `value` (-1 = padding)."""
+    z = np.stack([np.asarray(t.z, float)[:2] for t in fw.data])  # [P, 2, width]
+    return int(np.sum(~np.isnan(z))) if value is None else int(np.sum(z == value))
+
+
+def assert_figures_show(pg, trace):
+    np.testing.assert_array_equal(_z(pg.figures["traffic"]), trace.send_counts)
+    np.testing.assert_array_equal(_named(pg.figures["load"], "received").y, trace.recv_tokens)
+    np.testing.assert_array_equal(_named(pg.figures["dropped"], "kept").y, trace.kept)
+    np.testing.assert_array_equal(_named(pg.figures["dropped"], "dropped").y, trace.dropped)
+    assert len(pg.figures["buffers"].data) == trace.world_size
+
+
+def test_default_state_is_drawn_before_any_slider_moves(pg, fake):
+    assert len(fake.calls) == 1 and fake.calls[0]["backward"] is False
+    assert set(pg.figures) == {"buffers", "traffic", "load", "dropped"}
+    assert all(isinstance(f, go.FigureWidget) for f in pg.figures.values())
+    assert_figures_show(pg, pg.trace)
+    assert "application/vnd.jupyter.widget-view+json" in pg._repr_mimebundle_()
+
+
+def test_moving_k_runs_one_step_and_redraws_in_place(pg, fake):
+    before = pg.trace.send_counts.copy()
+    fw = pg.figures["traffic"]
+    heatmap = fw.data[0]
+    pg.sliders["k"].value = 1
+    assert len(fake.calls) == 2 and fake.calls[-1]["cfg"].k == 1
+    assert pg.trace.send_counts.sum() < before.sum()  # half the copies: one expert per token
+    assert_figures_show(pg, pg.trace)
+    assert fw.data[0] is heatmap  # the same trace object, updated, not a new figure
+
+
+def test_every_control_reaches_the_step(pg, fake):
+    s = pg.sliders
+    s["tokens_per_rank"].value = 128
+    s["skew"].value = 0.5
+    s["aux_alpha"].value = 0.05
+    s["policy"].value = "overflow"
+    s["priority"].value = "score"
+    s["dispatch"].value = "padded"
+    last = fake.calls[-1]
+    assert (last["tokens_per_rank"], last["skew"]) == (128, 0.5)
+    cfg = last["cfg"]
+    assert (cfg.aux_alpha, cfg.policy, cfg.priority, cfg.dispatch) == (0.05, "overflow", "score", "padded")
+    assert len(fake.calls) == 7
+    assert pg.trace.tokens_per_rank == 128
+    assert_figures_show(pg, pg.trace)
+
+
+def test_lower_capacity_under_skew_drops_more(pg):
+    pg.sliders["skew"].value = 1.0
+    pg.sliders["capacity_factor"].value = 2.0
+    roomy = int(pg.trace.dropped.sum())
+    pg.sliders["capacity_factor"].value = 0.5
+    tight = int(pg.trace.dropped.sum())
+    assert tight > roomy
+    assert int(np.sum(_named(pg.figures["dropped"], "dropped").y)) == tight
+    assert f"{100 * pg.trace.dropped_share:.1f}%" in pg.status.value
+
+
+def test_dropless_drops_nothing(pg, fake):
+    pg.sliders["skew"].value = 1.0
+    pg.sliders["capacity_factor"].value = 0.5
+    assert pg.trace.dropped.sum() > 0
+    pg.sliders["dropless"].value = True
+    assert fake.calls[-1]["cfg"].capacity_factor is None
+    assert pg.trace.dropped.sum() == 0
+    assert np.sum(_named(pg.figures["dropped"], "dropped").y) == 0
+    assert not [t for t in pg.figures["load"].data if (t.name or "").startswith("capacity")]
+    assert pg.sliders["capacity_factor"].disabled
+
+
+def test_padded_buffers_show_more_slots_than_ragged(pg):
+    pg.sliders["capacity_factor"].value = 2.0
+    ragged = _buffer_cells(pg.figures["buffers"])
+    assert _buffer_cells(pg.figures["buffers"], -1) == 0
+    pg.sliders["dispatch"].value = "padded"
+    padded = _buffer_cells(pg.figures["buffers"])
+    assert padded > ragged
+    assert padded == pg.trace.send_rows.sum() + pg.trace.recv_rows.sum()
+    assert _buffer_cells(pg.figures["buffers"], -1) == padded - 2 * pg.trace.kept.sum()
+
+
+def test_a_change_during_a_step_runs_once_with_the_latest_settings():
+    holder = {}
+
+    def drag_while_running(n):  # the user keeps dragging while step 2 runs
+        if n == 2:
+            holder["pg"].sliders["skew"].value = 0.25
+            holder["pg"].sliders["skew"].value = 0.75
+
+    fake = FakeCluster(on_step=drag_while_running)
+    holder["pg"] = pg = Playground(fake, tokens_per_rank=64)
+    pg.sliders["k"].value = 1
+    assert [c["skew"] for c in fake.calls] == [0.0, 0.0, 0.75]  # 0.25 never ran
+    assert pg.trace.extra["skew"] == 0.75 and pg.steps_run == 3
+
+
+def test_toggling_back_during_a_step_runs_nothing_more():
+    holder = {}
+
+    def toggle(n):
+        if n == 2:
+            holder["pg"].sliders["policy"].value = "overflow"
+            holder["pg"].sliders["policy"].value = "drop"
+
+    fake = FakeCluster(on_step=toggle)
+    holder["pg"] = pg = Playground(fake, tokens_per_rank=64)
+    pg.sliders["k"].value = 1
+    assert len(fake.calls) == 2
+
+
+def test_a_failed_step_is_shown_and_the_last_figures_stay():
+    fake = FakeCluster(fail_when=lambda cfg, n, skew: skew > 0.9)
+    pg = Playground(fake, tokens_per_rank=64)
+    good = pg.trace
+    pg.sliders["skew"].value = 1.0
+    assert "step failed" in pg.status.value and "rank 1 failed" in pg.status.value
+    assert isinstance(pg.error, RuntimeError) and pg.trace is good
+    assert_figures_show(pg, good)
+    pg.sliders["skew"].value = 0.5  # recovers on the next good step
+    assert pg.error is None and "step failed" not in pg.status.value
+
+
+def test_status_shows_latency_and_key_numbers(pg):
+    text = pg.status.value
+    assert "ms</b> on 4 GPUs" in text
+    assert f"{pg.trace.load_imbalance:.2f}" in text and f"{pg.trace.aux_loss:.4f}" in text
+
+
+def test_copy_figure_replaces_traces_when_their_number_changes():
+    fw = go.FigureWidget(go.Figure([go.Bar(y=[1, 2]), go.Bar(y=[3, 4])], layout=dict(title="old")))
+    copy_figure(fw, go.Figure([go.Scatter(y=[5])], layout=dict(title="new")))
+    assert len(fw.data) == 1 and fw.data[0].type == "scatter" and list(fw.data[0].y) == [5]
+    assert fw.layout.title.text == "new"
+
+
+def test_copy_figure_clears_what_the_new_figure_lacks():
+    fw = go.FigureWidget(go.Figure(go.Heatmap(z=[[1, 2]], text=[["a", "b"]], hovertemplate="%{text}"),
+                                   layout=dict(shapes=[dict(type="line", x0=0, x1=1, y0=0, y1=1)])))
+    copy_figure(fw, go.Figure(go.Heatmap(z=[[3, 4]])))
+    assert fw.data[0].text is None and fw.data[0].hovertemplate is None  # no stale hover labels
+    assert list(fw.data[0].z[0]) == [3, 4] and fw.layout.shapes == ()
+
+
+# ---- TokenTracer -----------------------------------------------------------------------------
+
+def test_token_tracer_shows_the_chapter_question():
+    tracer = TokenTracer(chapter_question_trace())
+    title = tracer.figures["path"].layout.title.text
+    assert "GPU 3 and GPU 7" in title
+    assert "dispatch to GPU 3" in tracer.description and "dispatch to GPU 7" in tracer.description
+    tracer.sliders["rank"].value = 2  # GPU 2's token 0 goes to E5 and E1
+    assert "GPU 1 and GPU 5" in tracer.figures["path"].layout.title.text
+    assert "Token 0 on GPU 2" in tracer.text.value
+
+
+def test_token_tracer_follows_the_playground(pg):
+    tracer = TokenTracer(pg, rank=1, token=5)
+    pg.sliders["skew"].value = 1.0
+    path = pg.trace.token_path(1, 5)
+    title = tracer.figures["path"].layout.title.text
+    for hop in path:
+        if not hop["dropped"]:
+            assert f"GPU {hop['expert_rank']}" in title
+    assert tracer.description == viz.describe_token_path(pg.trace, 1, 5)
+    pg.sliders["tokens_per_rank"].value = 128
+    assert tracer.sliders["token"].max == 127
+
+
+# ---- TrainingMonitor --------------------------------------------------------------------------
+
+def _records(steps):
+    for s in range(steps + 5):  # yields more than asked: the monitor must stop at `steps`
+        trace = make_trace(MoEConfig(num_experts=4, k=1), 2, 32, min(1.0, s / 4))
+        yield viz.record_from_trace(s, trace, task_loss=1.0 / (s + 1))
+
+
+def test_training_monitor_draws_every_record():
+    mon = TrainingMonitor(_records, steps=5)
+    hist = mon.run()
+    assert len(hist) == 5 and mon.progress.value == 5
+    fw = mon.figures["curves"]
+    np.testing.assert_allclose(_named(fw, "E0").y, [h["load_share"][0] for h in hist])
+    np.testing.assert_allclose(_named(fw, "max over mean").y, [h["max_over_mean"] for h in hist])
+    assert list(_named(fw, "E0").x) == [0, 1, 2, 3, 4]
+
+
+def test_training_monitor_takes_a_plain_iterable_and_redraws_live():
+    seen = []
+    mon = TrainingMonitor(_records(3), steps=3, redraw_every=1)
+    original = mon.redraw
+
+    def spy():
+        original()
+        seen.append(len(_named(mon.figures["curves"], "E0").y))
+
+    mon.redraw = spy
+    mon.run()
+    assert seen[:3] == [1, 2, 3]  # the curves grew while the loop ran
+
+
+# ---- a real cluster ---------------------------------------------------------------------------
+
+def _real_cluster_class():
+    try:
+        from moe_lab import cluster
+    except ImportError as e:
+        pytest.skip(f"moe_lab.cluster not importable: {e}")
+    if not hasattr(cluster, "Cluster"):
+        pytest.skip("moe_lab.cluster has no Cluster yet")
+    return cluster.Cluster
+
+
+def test_a_slider_runs_a_real_step_on_two_ranks():
+    Cluster = _real_cluster_class()
+    with Cluster(world_size=2, timeout=60) as cluster:
+        pg = Playground(cluster, MoEConfig(num_experts=4, k=2, capacity_factor=1.0), tokens_per_rank=64)
+        before = pg.trace.send_counts.copy()
+        pg.sliders["skew"].value = 1.0
+        assert not np.array_equal(pg.trace.send_counts, before)
+        np.testing.assert_array_equal(_z(pg.figures["traffic"]), pg.trace.send_counts)
+        assert pg.trace.world_size == 2 and pg.error is None
