@@ -1,4 +1,4 @@
-"""Student exercise notebooks, generated from their solutions: one source, never edited twice.
+"""Exercise notebooks: the student copy made from its source, and a submission put back into it.
 
 A notebook in `solutions/` is the source of one exercise. It carries nbgrader cell metadata
 (`metadata.nbgrader`: grade_id, points, solution, grade, locked) and two kinds of markers:
@@ -17,6 +17,9 @@ The student copy in `exercises/` replaces each solution block by a stub that rai
 `NotImplementedError` (indented like the block, so it sits inside the function), removes the
 hidden tests, and clears outputs. Output is byte-for-byte deterministic, so `--check` can tell
 when `exercises/` has drifted from `solutions/`.
+
+The way back, for grading: `assemble` takes the source again and puts only the student's answers
+(their solution cells) into it, so the checks that run are always the source's, hidden ones included.
 """
 from __future__ import annotations
 
@@ -24,13 +27,12 @@ import copy
 import re
 from pathlib import Path
 
-import nbformat
-
 BEGIN_SOLUTION, END_SOLUTION = "### BEGIN SOLUTION", "### END SOLUTION"
 BEGIN_HIDDEN, END_HIDDEN = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
 # Jupyter's "Run All" carries on past a cell with this tag, so a student sees every failing check.
 RUN_ALL_TAG = "raises-exception"
 _DEF = re.compile(r"^(\s*)(?:async\s+)?def\s+(\w+)\s*\(")
+_TOP_LEVEL_DEF = re.compile(r"^(?:async\s+def|def|class)\s+(\w+)", re.MULTILINE)
 
 
 def nbgrader_meta(cell) -> dict:
@@ -174,13 +176,21 @@ def make_exercise(nb, name: str = "notebook"):
     return nb
 
 
+def _nbformat():
+    try:
+        import nbformat
+    except ImportError as e:  # a test/course dependency, not needed to import moe_lab
+        raise ImportError("exercises need nbformat and nbclient: pip install nbformat nbclient ipykernel") from e
+    return nbformat
+
+
 def read_notebook(path):
-    return nbformat.read(str(path), as_version=4)
+    return _nbformat().read(str(path), as_version=4)
 
 
 def notebook_text(nb) -> str:
     """Stable JSON text of a notebook (nbformat's own formatting), ending in a newline."""
-    text = nbformat.writes(nb, version=4)
+    text = _nbformat().writes(nb, version=4)
     return text if text.endswith("\n") else text + "\n"
 
 
@@ -224,3 +234,74 @@ def sync_exercises(solutions_dir, exercises_dir, check: bool = False) -> list[st
             if not check:
                 stale.unlink()
     return problems
+
+
+# --- a submission back into its source (for grading) ----------------------------------------------
+
+
+def load_sources(solutions_dir) -> dict[str, object]:
+    return {p.name: read_notebook(p) for p in source_notebooks(solutions_dir)}
+
+
+def match_source(path: Path, submission, sources: dict) -> str | None:
+    """The source a submission belongs to: same file name, else most shared grade_ids, else the
+    source whose name appears in the submission's (e.g. 'alice_ex1_top_k_gating.ipynb')."""
+    if path.name in sources:
+        return path.name
+    ids = {grade_id(c) for c in getattr(submission, "cells", [])} - {None}
+    overlap = {name: len(ids & {grade_id(c) for c in nb.cells}) for name, nb in sources.items()}
+    best = max(overlap.values(), default=0)
+    if best and list(overlap.values()).count(best) == 1:
+        return max(overlap, key=overlap.get)
+    named = [name for name in sources if Path(name).stem in path.stem]
+    return max(named, key=len) if named else None
+
+
+def _defined_names(source: str) -> set[str]:
+    return set(_TOP_LEVEL_DEF.findall(source))
+
+
+def _find_answer(src_cell, index: int, source, submission, used: set) -> int | None:
+    """Index of the submission cell that holds the student's answer for one solution cell.
+
+    By grade_id; else by cell id (kept when a student deletes the nbgrader metadata); else the last
+    code cell defining the same function; else the same position when the cell count is unchanged.
+    """
+    cells = submission.cells
+    gid = grade_id(src_cell)
+    free = [j for j in range(len(cells)) if j not in used and grade_id(cells[j]) in (None, gid)]
+    for j in free:
+        if grade_id(cells[j]) == gid:
+            return j
+    for j in free:
+        if src_cell.get("id") and cells[j].get("id") == src_cell.get("id"):
+            return j
+    names = _defined_names(src_cell.source)
+    if names:
+        same = [j for j in free if cells[j].cell_type == "code" and names & _defined_names(cells[j].source)]
+        if same:
+            return same[-1]
+    if len(cells) == len(source.cells) and index in free and cells[index].cell_type == src_cell.cell_type:
+        return index
+    return None
+
+
+def assemble(source, submission, name: str = "notebook"):
+    """The notebook that is graded: the source, with the submission's answers in its solution cells.
+
+    An answer that cannot be found is graded as the untouched stub.
+    """
+    check_source(source, name)
+    graded = copy.deepcopy(source)
+    used: set[int] = set()
+    for i, cell in enumerate(graded.cells):
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+        if is_solution_cell(cell):
+            j = _find_answer(cell, i, source, submission, used)
+            if j is None:
+                cell.source = stub_solution(cell.source, cell.cell_type, f"{name} cell {i}")
+            else:
+                used.add(j)
+                cell.source = submission.cells[j].source
+    return graded

@@ -21,9 +21,9 @@ import asyncio
 import csv
 import logging
 import os
-import re
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -35,7 +35,7 @@ from . import exercise_gen as gen
 DEFAULT_CELL_TIMEOUT = 60.0
 DEFAULT_NOTEBOOK_TIMEOUT = 600.0
 _REPO = Path(__file__).resolve().parent.parent
-_TOP_LEVEL_DEF = re.compile(r"^(?:async\s+def|def|class)\s+(\w+)", re.MULTILINE)
+_TIMEOUT = "GradingTimeout"  # ename of a cell cut off by the grader
 _quiet = logging.getLogger("moe_lab.grading.kernel")
 _quiet.addHandler(logging.NullHandler())
 _quiet.setLevel(logging.CRITICAL)
@@ -57,6 +57,7 @@ class Result:
     source: str | None
     parts: list[Part] = field(default_factory=list)
     note: str = ""
+    failed: bool = False  # the grader itself could not run it (no kernel): not the student's fault
 
     @property
     def score(self) -> float:
@@ -67,7 +68,7 @@ class Result:
         return sum(p.max_points for p in self.parts) if self.source else None
 
 
-# --- which source, which cells ------------------------------------------------------------------
+# --- finding the submissions ---------------------------------------------------------------------
 
 
 def find_notebooks(paths) -> list[Path]:
@@ -83,72 +84,6 @@ def find_notebooks(paths) -> list[Path]:
     return found
 
 
-def load_sources(solutions_dir) -> dict[str, object]:
-    return {p.name: gen.read_notebook(p) for p in gen.source_notebooks(solutions_dir)}
-
-
-def match_source(path: Path, submission, sources: dict) -> str | None:
-    """The source a submission belongs to: same file name, else most shared grade_ids, else the
-    source whose name appears in the submission's (e.g. 'alice_ex1_top_k_gating.ipynb')."""
-    if path.name in sources:
-        return path.name
-    ids = {gen.grade_id(c) for c in getattr(submission, "cells", [])} - {None}
-    overlap = {name: len(ids & {gen.grade_id(c) for c in nb.cells}) for name, nb in sources.items()}
-    best = max(overlap.values(), default=0)
-    if best and list(overlap.values()).count(best) == 1:
-        return max(overlap, key=overlap.get)
-    named = [name for name in sources if Path(name).stem in path.stem]
-    return max(named, key=len) if named else None
-
-
-def _defined_names(source: str) -> set[str]:
-    return set(_TOP_LEVEL_DEF.findall(source))
-
-
-def _find_answer(src_cell, index: int, source, submission, used: set) -> int | None:
-    """Index of the submission cell that holds the student's answer for one solution cell.
-
-    By grade_id; else by cell id (kept when a student deletes the nbgrader metadata); else the last
-    code cell defining the same function; else the same position when the cell count is unchanged.
-    """
-    cells = submission.cells
-    gid = gen.grade_id(src_cell)
-    free = [j for j in range(len(cells)) if j not in used and gen.grade_id(cells[j]) in (None, gid)]
-    for j in free:
-        if gen.grade_id(cells[j]) == gid:
-            return j
-    for j in free:
-        if src_cell.get("id") and cells[j].get("id") == src_cell.get("id"):
-            return j
-    names = _defined_names(src_cell.source)
-    if names:
-        same = [j for j in free if cells[j].cell_type == "code" and names & _defined_names(cells[j].source)]
-        if same:
-            return same[-1]
-    if len(cells) == len(source.cells) and index in free and cells[index].cell_type == src_cell.cell_type:
-        return index
-    return None
-
-
-def assemble(source, submission, name: str = "notebook"):
-    """The notebook that is graded: the source, with the submission's answers in its solution cells.
-
-    An answer that cannot be found is graded as the untouched stub.
-    """
-    graded = gen.make_exercise(source, name)  # validates the source and gives the stubs
-    used: set[int] = set()
-    for i, (src_cell, cell) in enumerate(zip(source.cells, graded.cells)):
-        cell.metadata.pop("tags", None)  # no cell may swallow its own error
-        if gen.is_solution_cell(src_cell):
-            j = _find_answer(src_cell, i, source, submission, used)
-            if j is not None:
-                used.add(j)
-                cell.source = submission.cells[j].source
-        else:
-            cell.source = src_cell.source  # the full checks, hidden tests included
-    return graded
-
-
 # --- running a notebook ---------------------------------------------------------------------------
 
 
@@ -161,63 +96,80 @@ def _kernel_env() -> dict:
     return env
 
 
-def _first_line(reply_content: dict, outputs) -> str:
-    for out in outputs:
-        if out.get("output_type") == "error":
-            return f"{out.get('ename', 'Error')}: {out.get('evalue', '')}".strip().splitlines()[0][:200]
-    return f"{reply_content.get('ename', 'Error')}: {reply_content.get('evalue', '')}".strip()[:200]
+def _first_line(reply_content: dict, errors: list) -> str:
+    """`AssertionError: gates must sum to 1`: the first line of the cell's error, for the table."""
+    err = errors[0] if errors else reply_content
+    text = f"{err.get('ename', 'Error')}: {err.get('evalue', '')}".strip()
+    return text.splitlines()[0][:200]
 
 
 async def _execute(nb, cell_timeout: float, notebook_timeout: float, kernel_name: str) -> dict[int, tuple]:
     """Run every code cell; return {cell index: (status, message)} for the cells that got a verdict.
 
-    status: "ok", "error", "timeout" (interrupted), "dead" (the kernel died in this cell).
+    status: "ok", "error", "timeout" (interrupted after its limit), "dead" (the kernel died in it).
+    Cells after a dead kernel, after the notebook's time limit, or after two timeouts whose
+    interrupt went unanswered (a kernel that ignores interrupts) get no verdict.
     """
     from nbclient import NotebookClient
     from nbclient.exceptions import DeadKernelError
 
     replies: dict[int, dict] = {}
-    deadline = [float("inf")]
+    limit = [cell_timeout]
     client = NotebookClient(
         nb, kernel_name=kernel_name, allow_errors=True, interrupt_on_timeout=True,
-        error_on_timeout={"ename": "TimeoutError", "evalue": "cell ran past the time limit", "traceback": []},
-        timeout_func=lambda cell: max(1.0, min(cell_timeout, deadline[0] - time.monotonic())),
-        iopub_timeout=2, shutdown_kernel="immediate", record_timing=False, log=_quiet,
+        error_on_timeout={"ename": _TIMEOUT, "evalue": "cell ran past its time limit", "traceback": []},
+        timeout_func=lambda cell: limit[0], iopub_timeout=2, shutdown_kernel="immediate",
+        record_timing=False, log=_quiet,
         on_cell_executed=lambda cell, cell_index, execute_reply: replies.__setitem__(cell_index, execute_reply),
     )
     verdicts: dict[int, tuple] = {}
     workdir = tempfile.mkdtemp(prefix="moe_lab_grade_")
     pgid = None
     try:
-        async with client.async_setup_kernel(cwd=workdir, env=_kernel_env()):
+        quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # the kernel's own log lines
+        async with client.async_setup_kernel(cwd=workdir, env=_kernel_env(), **quiet):
             pgid = getattr(getattr(client.km, "provisioner", None), "pgid", None)
-            deadline[0] = time.monotonic() + notebook_timeout
-            timeouts_in_a_row = 0
+            _stop_all_on_ctrl_c()  # nbclient's own handler would only stop this kernel
+            deadline = time.monotonic() + notebook_timeout
+            stuck = 0
             for i, cell in enumerate(nb.cells):
                 if cell.cell_type != "code" or not cell.source.strip():
                     continue
-                if time.monotonic() >= deadline[0] or timeouts_in_a_row >= 2:
-                    break  # out of time, or a kernel that ignores interrupts: the rest is "not run"
+                limit[0] = min(cell_timeout, deadline - time.monotonic())
+                if limit[0] <= 0 or stuck >= 2:
+                    break
                 try:
                     await client.async_execute_cell(cell, i)
                 except DeadKernelError:
                     verdicts[i] = ("dead", "the kernel died")
                     break
-                except Exception as e:  # nbclient gave up on this kernel; grade what we have
+                except Exception as e:  # nbclient gave up on this kernel: keep what was earned
                     verdicts[i] = ("dead", f"{type(e).__name__}: {e}"[:200])
                     break
                 content = replies.get(i, {}).get("content", {})
-                if content.get("ename") == "TimeoutError" and not cell.get("outputs"):
-                    verdicts[i] = ("timeout", f"timed out after {client.timeout_func(cell):.0f} s")
-                    timeouts_in_a_row += 1
-                    continue
-                timeouts_in_a_row = 0
-                failed = content.get("status") != "ok" or any(o.get("output_type") == "error" for o in cell.outputs)
-                verdicts[i] = ("error", _first_line(content, cell.outputs)) if failed else ("ok", "")
+                errors = [o for o in cell.outputs if o.get("output_type") == "error"]
+                if content.get("ename") == _TIMEOUT:
+                    verdicts[i] = ("timeout", f"timed out after {limit[0]:.3g} s")
+                    stuck = 0 if errors else stuck + 1  # no KeyboardInterrupt seen: still running
+                elif content.get("status") != "ok" or errors:
+                    verdicts[i] = ("error", _first_line(content, errors))
+                    stuck = 0
+                else:
+                    verdicts[i] = ("ok", "")
+                    stuck = 0
     finally:
         _kill_group(pgid)
         shutil.rmtree(workdir, ignore_errors=True)
     return verdicts
+
+
+def _stop_all_on_ctrl_c() -> None:
+    """Ctrl-C stops the whole grading run; every kernel is still shut down on the way out."""
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(signal.SIGINT, lambda: [t.cancel() for t in asyncio.all_tasks(loop)])
+    except (RuntimeError, ValueError, NotImplementedError):  # not the main thread, or no signals
+        pass
 
 
 def _kill_group(pgid) -> None:
@@ -227,12 +179,6 @@ def _kill_group(pgid) -> None:
             os.killpg(pgid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
-
-
-def execute_notebook(nb, cell_timeout=DEFAULT_CELL_TIMEOUT, notebook_timeout=DEFAULT_NOTEBOOK_TIMEOUT,
-                     kernel_name="python3") -> dict[int, tuple]:
-    """Run a notebook as it is (outputs are written into `nb`); {cell index: (status, message)}."""
-    return asyncio.run(_execute(nb, cell_timeout, notebook_timeout, kernel_name))
 
 
 # --- grading --------------------------------------------------------------------------------------
@@ -257,7 +203,7 @@ def _score(graded, verdicts: dict) -> list[Part]:
             part.status = "kernel died"
             part.message = "" if status == "dead" else "not run: the kernel died in an earlier cell"
         else:
-            part.message = "not run: time limit of the notebook"
+            part.message = "not run: the notebook's time limit, or a kernel that stopped answering"
         dead = dead or status == "dead"
         parts.append(part)
     return parts
@@ -270,23 +216,27 @@ async def _grade_one(path: Path, sources: dict, limits: dict, gate: asyncio.Sema
         submission, problem = None, f"could not read the notebook ({type(e).__name__}: {e})"[:300]
     else:
         problem = ""
-    name = match_source(path, submission, sources)
+    name = gen.match_source(path, submission, sources)
     if name is None:
         return Result(str(path), None, note=problem or "no matching exercise in the solutions folder")
     source = sources[name]
     if submission is None:
         parts = [Part(gid, pts, message=problem) for gid, pts in gen.graded_parts(source)]
         return Result(str(path), name, parts, note=problem)
-    graded = assemble(source, submission, name)
-    async with gate:
-        verdicts = await _execute(graded, **limits)
+    graded = gen.assemble(source, submission, name)
+    try:
+        async with gate:
+            verdicts = await _execute(graded, **limits)
+    except Exception as e:  # the kernel did not start: nothing the student did
+        parts = [Part(gid, pts) for gid, pts in gen.graded_parts(source)]
+        return Result(str(path), name, parts, note=f"could not grade: {type(e).__name__}: {e}"[:300], failed=True)
     return Result(str(path), name, _score(graded, verdicts))
 
 
 def grade(paths, solutions_dir, cell_timeout=DEFAULT_CELL_TIMEOUT, notebook_timeout=DEFAULT_NOTEBOOK_TIMEOUT,
           jobs: int = 1, kernel_name: str = "python3") -> list[Result]:
     """Grade every notebook in `paths` (files or folders) against `solutions_dir`; one Result each."""
-    sources = load_sources(solutions_dir)
+    sources = gen.load_sources(solutions_dir)
     if not sources:
         raise FileNotFoundError(f"no source notebooks in {solutions_dir}")
     notebooks = find_notebooks(paths)
@@ -320,10 +270,13 @@ def format_table(results: list[Result]) -> str:
 
 
 def write_csv(results: list[Result], path) -> list[str]:
-    """notebook, score, max_score, then one column per graded part (union over notebooks, in order)."""
-    part_ids: list[str] = []
+    """notebook, score, max_score, then one column per graded part: the union over the notebooks,
+    ordered by exercise and then by position in the exercise (so ex1's parts come first)."""
+    order: dict[str, tuple] = {}
     for r in results:
-        part_ids += [p.grade_id for p in r.parts if p.grade_id not in part_ids]
+        for i, p in enumerate(r.parts):
+            order.setdefault(p.grade_id, (r.source or "", i))
+    part_ids = sorted(order, key=order.get)
     columns = ["notebook", "score", "max_score", *part_ids]
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
@@ -338,17 +291,20 @@ def write_csv(results: list[Result], path) -> list[str]:
 
 
 def _default_dir(name: str) -> Path:
-    here = Path.cwd() / name
-    return here if here.is_dir() or not (_REPO / name).is_dir() else _REPO / name
+    """solutions/ or exercises/ of the current folder, else of the checkout this package sits in."""
+    return Path(name) if Path(name).is_dir() or not (_REPO / name).is_dir() else _REPO / name
 
 
 def _cmd_grade(args) -> int:
     solutions = Path(args.solutions) if args.solutions else _default_dir("solutions")
     try:
         results = grade(args.paths, solutions, args.cell_timeout, args.timeout, args.jobs)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ImportError) as e:
         print(f"grade: {e}", file=sys.stderr)
         return 2
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("grade: interrupted; no scores written", file=sys.stderr)
+        return 130
     if not results:
         print("grade: no notebooks found", file=sys.stderr)
         return 2
@@ -359,17 +315,19 @@ def _cmd_grade(args) -> int:
     if args.out:
         write_csv(results, args.out)
         print(f"scores written to {args.out}")
+    broken = [r.notebook for r in results if r.failed]
+    if broken:
+        print(f"grade: could not run {len(broken)} notebook(s): {', '.join(broken)}", file=sys.stderr)
+        return 1
     return 0
 
 
 def _cmd_make_exercises(args) -> int:
     solutions = Path(args.solutions) if args.solutions else _default_dir("solutions")
-    exercises = Path(args.exercises) if args.exercises else _default_dir("exercises")
-    if args.exercises is None and not exercises.is_dir():
-        exercises = solutions.parent / "exercises"
+    exercises = Path(args.exercises) if args.exercises else solutions.parent / "exercises"
     try:
         problems = gen.sync_exercises(solutions, exercises, check=args.check)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, ImportError) as e:
         print(f"make-exercises: {e}", file=sys.stderr)
         return 2
     if args.check:

@@ -1,0 +1,260 @@
+"""exercises/ is generated from solutions/, never edited: it stays in step, hides what it must,
+and every exercise is built so that an untouched stub fails its checks.
+
+No kernel starts here; tests/test_grading.py runs the notebooks.
+"""
+from __future__ import annotations
+
+import ast
+import contextlib
+import io
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from moe_lab import exercise_gen as gen
+from moe_lab import grading
+
+REPO = Path(__file__).resolve().parents[1]
+SOLUTIONS = REPO / "solutions"
+EXERCISES = REPO / "exercises"
+NAMES = sorted(p.name for p in SOLUTIONS.glob("*.ipynb"))
+NBGRADER_KEYS = {"grade", "grade_id", "locked", "points", "schema_version", "solution", "task"}
+
+
+def read(path):
+    return nbformat.read(str(path), as_version=4)
+
+
+def run_cli(*argv) -> tuple[int, str]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        code = grading.main(list(argv))
+    return code, out.getvalue()
+
+
+# --------------------------------------------------------------------------- in step with solutions/
+
+
+def test_there_are_exercises_and_each_has_its_student_copy():
+    assert len(NAMES) >= 5
+    assert sorted(p.name for p in EXERCISES.glob("*.ipynb")) == NAMES
+
+
+def test_committed_exercises_are_in_step_with_solutions():
+    code, out = run_cli("make-exercises", "--check", "--solutions", str(SOLUTIONS), "--exercises", str(EXERCISES))
+    assert code == 0, out
+    assert "in step" in out
+
+
+def test_check_fails_after_tampering_with_a_copy_and_regenerating_repairs_it(tmp_path):
+    copy = tmp_path / "exercises"
+    shutil.copytree(EXERCISES, copy)
+    edited, removed = copy / NAMES[0], copy / NAMES[1]
+    nb = read(edited)
+    nb.cells[0].source += "\n\nA hand edit."
+    nbformat.write(nb, str(edited))
+    removed.unlink()
+    shutil.copy(EXERCISES / NAMES[2], copy / "ex99_orphan.ipynb")
+
+    code, out = run_cli("make-exercises", "--check", "--solutions", str(SOLUTIONS), "--exercises", str(copy))
+    assert code == 1
+    assert NAMES[0] in out and NAMES[1] in out and "ex99_orphan.ipynb" in out
+    assert removed.exists() is False  # --check changes nothing
+
+    code, out = run_cli("make-exercises", "--solutions", str(SOLUTIONS), "--exercises", str(copy))
+    assert code == 0, out
+    assert sorted(p.name for p in copy.glob("*.ipynb")) == NAMES
+    for name in NAMES:
+        assert (copy / name).read_bytes() == (EXERCISES / name).read_bytes(), name
+    assert run_cli("make-exercises", "--check", "--solutions", str(SOLUTIONS), "--exercises", str(copy))[0] == 0
+
+
+def test_generation_is_deterministic(tmp_path):
+    for out in ("a", "b"):
+        assert gen.sync_exercises(SOLUTIONS, tmp_path / out) != []  # everything was missing
+    for name in NAMES:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_python_m_moe_lab_make_exercises_check_runs_from_the_checkout():
+    proc = subprocess.run([sys.executable, "-m", "moe_lab", "make-exercises", "--check"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# --------------------------------------------------------------------------- what the student sees
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_exercise_hides_solutions_and_hidden_tests_and_has_no_outputs(name):
+    source, exercise = read(SOLUTIONS / name), read(EXERCISES / name)
+    assert len(source.cells) == len(exercise.cells)
+    assert not exercise.metadata.get("widgets")
+    for src, cell in zip(source.cells, exercise.cells):
+        for marker in (gen.BEGIN_SOLUTION, gen.END_SOLUTION, gen.BEGIN_HIDDEN, gen.END_HIDDEN):
+            assert marker not in cell.source
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None
+        assert cell.metadata.get("nbgrader") == src.metadata.get("nbgrader")  # metadata kept
+        if gen.is_solution_cell(src):
+            hidden = src.source.split(gen.BEGIN_SOLUTION)[1].split(gen.END_SOLUTION)[0]
+            for line in hidden.splitlines():
+                if line.strip() and not line.strip().startswith("#"):
+                    assert line not in cell.source.splitlines(), f"solution line leaked: {line!r}"
+            assert "raise NotImplementedError" in cell.source
+        if gen.is_grade_cell(src):
+            assert "HIDDEN" not in cell.source
+            assert cell.source.strip(), "a check cell must keep its visible checks"
+            assert gen.RUN_ALL_TAG in cell.metadata.get("tags", [])
+
+
+def _functions(tree) -> dict:
+    return {n.name: n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_stub_sits_inside_the_function_under_its_signature(name):
+    """Every function whose body held a solution block keeps its signature and ends in the stub."""
+    source, exercise = read(SOLUTIONS / name), read(EXERCISES / name)
+    for src, cell in zip(source.cells, exercise.cells):
+        if not (gen.is_solution_cell(src) and src.cell_type == "code"):
+            continue
+        begin_lines = [i + 1 for i, line in enumerate(src.source.splitlines()) if line.strip() == gen.BEGIN_SOLUTION]
+        student = _functions(ast.parse(cell.source))
+        for fn_name, fn in _functions(ast.parse(src.source)).items():
+            if any(fn.lineno < line <= fn.end_lineno for line in begin_lines):
+                assert fn_name in student, f"the signature of {fn_name} must stay in the student copy"
+                last = student[fn_name].body[-1]
+                assert isinstance(last, ast.Raise) and "NotImplementedError" in ast.unparse(last)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_visible_check_uses_the_students_code(name):
+    """So the untouched stub fails the checks the student can see, not only the hidden ones."""
+    exercise = read(EXERCISES / name)
+    student = set()
+    for cell in exercise.cells:
+        if gen.is_solution_cell(cell) and cell.cell_type == "code":
+            student |= set(_functions(ast.parse(cell.source)))
+    for cell in exercise.cells:
+        if gen.is_grade_cell(cell):
+            tree = ast.parse(cell.source)
+            used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} - set(_functions(tree))
+            assert used & student, f"{gen.grade_id(cell)} never uses {sorted(student)}"
+
+
+# --------------------------------------------------------------------------- the source notebooks
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_source_cells_carry_nbgrader_metadata(name):
+    nb = read(SOLUTIONS / name)
+    gen.check_source(nb, name)
+    solutions = [c for c in nb.cells if gen.is_solution_cell(c)]
+    grades = [c for c in nb.cells if gen.is_grade_cell(c)]
+    assert solutions and grades, "an exercise has something to write and something graded"
+    for cell in nb.cells:
+        if gen.BEGIN_SOLUTION in cell.source or gen.BEGIN_HIDDEN in cell.source:
+            assert set(gen.nbgrader_meta(cell)) == NBGRADER_KEYS, cell.metadata
+    for cell in solutions:
+        meta = gen.nbgrader_meta(cell)
+        assert set(meta) == NBGRADER_KEYS
+        assert meta["solution"] is True and meta["grade"] is False and meta["locked"] is False
+        assert meta["schema_version"] == 3 and meta["task"] is False
+    for cell in grades:
+        meta = gen.nbgrader_meta(cell)
+        assert set(meta) == NBGRADER_KEYS
+        assert meta["locked"] is True and meta["solution"] is False and meta["points"] > 0
+    assert any(gen.BEGIN_HIDDEN in c.source for c in grades), "each exercise keeps some checks hidden"
+    assert not any(c.get("outputs") for c in nb.cells), "commit solutions without outputs"
+
+
+def test_grade_ids_are_unique_across_all_exercises():
+    """The score CSV has one column per grade_id: two exercises must never share one."""
+    ids = [gen.grade_id(c) for name in NAMES for c in read(SOLUTIONS / name).cells if gen.grade_id(c)]
+    assert len(ids) == len(set(ids))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_notebooks_that_draw_random_numbers_seed_them(name):
+    cells = [c for c in read(SOLUTIONS / name).cells if c.cell_type == "code"]
+    if any(re.search(r"\brand(n|int|perm)?\(|random\.", c.source) for c in cells):
+        assert "manual_seed(" in cells[0].source or "seed(" in cells[0].source, "seed every RNG in the setup cell"
+
+
+# --------------------------------------------------------------------------- the transformation itself
+
+
+def test_stub_keeps_the_lines_around_the_block_at_the_blocks_indentation():
+    source = '''class Router:
+    def route(self, x):
+        """Docstring stays."""
+        ### BEGIN SOLUTION
+        return x * 2
+        ### END SOLUTION
+
+def helper(y):
+    ### BEGIN SOLUTION
+    return y
+    ### END SOLUTION'''
+    stub = gen.stub_solution(source)
+    assert stub.splitlines() == [
+        "class Router:",
+        "    def route(self, x):",
+        '        """Docstring stays."""',
+        "        # YOUR CODE HERE",
+        '        raise NotImplementedError("write the body of route()")',
+        "",
+        "def helper(y):",
+        "    # YOUR CODE HERE",
+        '    raise NotImplementedError("write the body of helper()")',
+    ]
+    ast.parse(stub)
+    assert gen.stub_solution("x = 1", "code") == '# YOUR CODE HERE\nraise NotImplementedError("write your solution")'
+    assert gen.stub_solution("An answer in words.", "markdown") == "YOUR ANSWER HERE"
+
+
+def test_hidden_blocks_are_removed_and_visible_lines_kept():
+    source = "assert f(1) == 1\n### BEGIN HIDDEN TESTS\nassert f(2) == 4\n### END HIDDEN TESTS\nassert f(0) == 0"
+    assert gen.strip_hidden_tests(source) == "assert f(1) == 1\nassert f(0) == 0"
+
+
+@pytest.mark.parametrize("source, message", [
+    ("### BEGIN SOLUTION\nx = 1", "never closed"),
+    ("x = 1\n### END SOLUTION", "no matching"),
+    ("### BEGIN SOLUTION\n### BEGIN SOLUTION\n### END SOLUTION", "before the previous block was closed"),
+])
+def test_unbalanced_markers_are_reported(source, message):
+    with pytest.raises(ValueError, match=message):
+        gen.stub_solution(source, where="ex9 cell 3")
+
+
+def test_markers_outside_marked_cells_and_points_are_checked():
+    def notebook(metadata, source):
+        return nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source, metadata=metadata)])
+
+    with pytest.raises(ValueError, match="solution=true"):
+        gen.check_source(notebook({}, "### BEGIN SOLUTION\nx = 1\n### END SOLUTION"))
+    with pytest.raises(ValueError, match="not a grade cell"):
+        gen.check_source(notebook({}, "### BEGIN HIDDEN TESTS\nassert 1\n### END HIDDEN TESTS"))
+    meta = {"nbgrader": {"grade": True, "grade_id": "p", "locked": True, "points": 0, "schema_version": 3,
+                         "solution": False, "task": False}}
+    with pytest.raises(ValueError, match="points > 0"):
+        gen.check_source(notebook(meta, "assert 1"))
+
+
+def test_invalid_source_makes_the_command_fail_with_a_message(tmp_path):
+    src = tmp_path / "solutions"
+    src.mkdir()
+    nb = read(SOLUTIONS / NAMES[0])
+    cell = next(c for c in nb.cells if gen.is_solution_cell(c))
+    cell.source = cell.source.replace(gen.END_SOLUTION, "")
+    nbformat.write(nb, str(src / NAMES[0]))
+    code, out = run_cli("make-exercises", "--solutions", str(src), "--exercises", str(tmp_path / "exercises"))
+    assert code == 2 and "never closed" in out
