@@ -80,6 +80,7 @@ def _torchrun_step(cfg, args):
         part = step_on_rank(ctx, cfg, args.tokens_per_rank, args.skew)
         parts = [None] * P if rank == 0 else None
         dist.gather_object(part, parts, dst=0)
+        dist.barrier()  # nobody tears down its connections while rank 0 may still be receiving
     finally:
         dist.destroy_process_group()
     return StepTrace.merge(parts) if rank == 0 else None
