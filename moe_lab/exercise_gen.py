@@ -18,6 +18,11 @@ The student copy in `exercises/` replaces each solution block by a stub that rai
 hidden tests, and clears outputs. Output is byte-for-byte deterministic, so `--check` can tell
 when `exercises/` has drifted from `solutions/`.
 
+A solution cell may start with a cell magic, `%%writefile student_dispatch.py`: an exercise whose
+code must run on the ranks of a Cluster, which import functions by module name. The magic line stays
+in the student copy, so the student's cell writes the same module; `python_source` gives the cell's
+Python for anything that parses it.
+
 The way back, for grading: `assemble` takes the source again and puts only the student's answers
 (their solution cells) into it, so the checks that run are always the source's, hidden ones included.
 """
@@ -33,6 +38,7 @@ BEGIN_HIDDEN, END_HIDDEN = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
 RUN_ALL_TAG = "raises-exception"
 _DEF = re.compile(r"^(\s*)(?:async\s+)?def\s+(\w+)\s*\(")
 _TOP_LEVEL_DEF = re.compile(r"^(?:async\s+def|def|class)\s+(\w+)", re.MULTILINE)
+_CELL_MAGIC = re.compile(r"^\s*%%\w+")
 
 
 def nbgrader_meta(cell) -> dict:
@@ -52,6 +58,13 @@ def is_grade_cell(cell) -> bool:
 def grade_id(cell) -> str | None:
     gid = nbgrader_meta(cell).get("grade_id")
     return gid if isinstance(gid, str) and gid else None
+
+
+def python_source(source: str) -> str:
+    """The Python of a code cell: a first line holding a cell magic (`%%writefile module.py`, whose
+    body is Python) becomes a comment, so the rest parses and keeps its line numbers."""
+    first, sep, rest = source.partition("\n")
+    return f"# {first}{sep}{rest}" if _CELL_MAGIC.match(first) else source
 
 
 def graded_parts(nb) -> list[tuple[str, float]]:

@@ -126,8 +126,8 @@ def test_stub_sits_inside_the_function_under_its_signature(name):
         if not (gen.is_solution_cell(src) and src.cell_type == "code"):
             continue
         begin_lines = [i + 1 for i, line in enumerate(src.source.splitlines()) if line.strip() == gen.BEGIN_SOLUTION]
-        student = _functions(ast.parse(cell.source))
-        for fn_name, fn in _functions(ast.parse(src.source)).items():
+        student = _functions(ast.parse(gen.python_source(cell.source)))
+        for fn_name, fn in _functions(ast.parse(gen.python_source(src.source))).items():
             if any(fn.lineno < line <= fn.end_lineno for line in begin_lines):
                 assert fn_name in student, f"the signature of {fn_name} must stay in the student copy"
                 last = student[fn_name].body[-1]
@@ -141,7 +141,7 @@ def test_every_visible_check_uses_the_students_code(name):
     student = set()
     for cell in exercise.cells:
         if gen.is_solution_cell(cell) and cell.cell_type == "code":
-            student |= set(_functions(ast.parse(cell.source)))
+            student |= set(_functions(ast.parse(gen.python_source(cell.source))))
     for cell in exercise.cells:
         if gen.is_grade_cell(cell):
             tree = ast.parse(cell.source)
@@ -218,6 +218,17 @@ def helper(y):
     ast.parse(stub)
     assert gen.stub_solution("x = 1", "code") == '# YOUR CODE HERE\nraise NotImplementedError("write your solution")'
     assert gen.stub_solution("An answer in words.", "markdown") == "YOUR ANSWER HERE"
+
+
+def test_a_cell_that_writes_a_module_keeps_its_magic_and_parses_as_python():
+    """Exercises whose code runs on Cluster ranks write it to a module with %%writefile."""
+    source = "%%writefile student_dispatch.py\ndef dispatch(ctx):\n    ### BEGIN SOLUTION\n    return 1\n    ### END SOLUTION"
+    stub = gen.stub_solution(source)
+    assert stub.splitlines()[0] == "%%writefile student_dispatch.py"
+    assert 'raise NotImplementedError("write the body of dispatch()")' in stub
+    tree = ast.parse(gen.python_source(stub))
+    assert list(_functions(tree)) == ["dispatch"] and _functions(tree)["dispatch"].lineno == 2
+    assert gen.python_source("x = 1\n%%writefile y.py") == "x = 1\n%%writefile y.py"  # only a first line
 
 
 def test_hidden_blocks_are_removed_and_visible_lines_kept():
