@@ -28,7 +28,10 @@ from multiprocessing.connection import wait
 
 from .config import check_world_size
 
-_PRELOAD = ["torch", "torch.distributed", "moe_lab.cluster", "moe_lab.step", "moe_lab.faults", "moe_lab.train", "moe_lab.mesh"]
+# Imported once by the forkserver, so each rank starts with them loaded (a rank's first functional
+# collective would otherwise import torch._dynamo: about a second per rank).
+_PRELOAD = ["torch", "torch.distributed", "torch.distributed._functional_collectives", "torch._dynamo",
+            "moe_lab.cluster", "moe_lab.step", "moe_lab.faults", "moe_lab.train", "moe_lab.mesh"]
 # Words in a rank's error that mean "my peer went away", not "I am the cause".
 _SECONDARY = ("DistBackendError", "Connection closed", "Connection reset", "Timed out", "timed out",
               "gloo", "NCCL", "Broken pipe", "peer")
