@@ -121,6 +121,9 @@ class Cluster:
         self.threads = threads or max(1, cores // world_size)
         self._procs, self._conns, self._dirs = [], [], []  # shared with the finalizer: mutate in place
         self._seq = 0
+        # one call at a time: a widget callback on another kernel thread must not interleave its
+        # commands and replies with a cell's call on the same pipes
+        self._lock = threading.RLock()
         self._finalizer = weakref.finalize(self, _stop, self._procs, self._conns, self._dirs)
         if start:
             self.start()
@@ -132,6 +135,10 @@ class Cluster:
 
     def start(self) -> "Cluster":
         """Start the ranks and their process group (a fresh rendezvous file: no port, no collision)."""
+        with self._lock:
+            return self._start()
+
+    def _start(self) -> "Cluster":
         if self.running:
             return self
         _stop(self._procs, self._conns, self._dirs)
@@ -154,6 +161,10 @@ class Cluster:
 
     def close(self) -> None:
         """Ask every rank to leave, then kill any that does not within a second. Idempotent."""
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
         for c in self._conns:
             try:
                 c.send(None)
@@ -165,8 +176,9 @@ class Cluster:
         _stop(self._procs, self._conns, self._dirs)
 
     def restart(self) -> "Cluster":
-        _stop(self._procs, self._conns, self._dirs)
-        return self.start()
+        with self._lock:
+            _stop(self._procs, self._conns, self._dirs)
+            return self._start()
 
     def __enter__(self):
         return self
@@ -186,12 +198,13 @@ class Cluster:
             payload = pickle.dumps((fn, args, kwargs))
         except Exception as e:  # noqa: BLE001 - tell the user which argument cannot travel
             raise TypeError(f"the arguments of {fn.__qualname__} cannot be sent to the ranks: {e}") from e
-        if not self.running:
-            self.start()
-        self._seq += 1
-        for c in self._conns:
-            c.send_bytes(pickle.dumps((self._seq, payload)))
-        return self._gather(self._seq, getattr(fn, "__qualname__", "fn"))
+        with self._lock:
+            if not self.running:
+                self.start()
+            self._seq += 1
+            for c in self._conns:
+                c.send_bytes(pickle.dumps((self._seq, payload)))
+            return self._gather(self._seq, getattr(fn, "__qualname__", "fn"))
 
     def step(self, cfg, tokens_per_rank: int = 512, skew: float = 0.0, backward: bool = False):
         """One seeded step of the MoE layer on every rank, merged into a StepTrace."""

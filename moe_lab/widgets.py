@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import html
 import inspect
+import threading
 import time
 
 import ipywidgets as w
@@ -85,6 +86,7 @@ class Playground(_Dashboard):
         self.error: Exception | None = None
         self.steps_run = 0
         self._listeners, self._busy, self._dirty, self._last_key = [], False, False, None
+        self._flags = threading.Lock()  # JupyterLab may deliver widget events on another kernel thread
         self.sliders = self._make_controls(self.cfg, tokens_per_rank, skew)
         self.status = w.HTML()
         self.refresh()  # the default state, drawn before anyone moves a slider
@@ -153,13 +155,18 @@ class Playground(_Dashboard):
 
     def _on_change(self, change) -> None:
         self.sliders["capacity_factor"].disabled = bool(self.sliders["dropless"].value)
-        self._dirty = True
-        if self._busy:  # a step is running: the loop below picks up the latest settings after it
-            return
-        self._busy = True
+        with self._flags:
+            self._dirty = True
+            if self._busy:  # a step is running: its loop picks up the latest settings after it
+                return
+            self._busy = True
         try:
-            while self._dirty:
-                self._dirty = False
+            while True:
+                with self._flags:
+                    if not self._dirty:
+                        self._busy = False
+                        return
+                    self._dirty = False
                 if self.settings() == self._last_key:
                     continue  # back where the last step was (e.g. toggled twice): nothing to run
                 try:
@@ -167,8 +174,10 @@ class Playground(_Dashboard):
                 except Exception as e:  # noqa: BLE001 - show it next to the sliders, keep the last figures
                     self.error = e
                     self.status.value = f"<span style='color:#d62728'><b>step failed:</b> {html.escape(str(e))}</span>"
-        finally:
-            self._busy = False
+        except BaseException:
+            with self._flags:
+                self._busy = False
+            raise
 
     def _summary(self, trace: StepTrace, cfg: MoEConfig) -> str:
         cap = "dropless" if trace.capacity is None else f"C = {trace.capacity}"

@@ -132,3 +132,28 @@ def test_interrupt_restarts_cleanly():
         assert alive(pids) == []
         trace = c.step(MoEConfig(num_experts=2, k=1), 32)
         assert trace.send_counts.sum() == 64
+
+
+def test_calls_from_two_threads_do_not_interleave(cluster):
+    """A widget callback on a kernel thread and a cell may call the same cluster at once."""
+    import threading
+
+    cfgs = [MoEConfig(num_experts=4, k=1, seed=s) for s in (1, 2)]
+    expected = [cluster.step(c, 64).send_counts for c in cfgs]
+    got, errors = {}, []
+
+    def worker(i):
+        try:
+            for _ in range(5):
+                got.setdefault(i, []).append(cluster.step(cfgs[i], 64).send_counts)
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    for i in (0, 1):
+        assert len(got[i]) == 5 and all((g == expected[i]).all() for g in got[i])

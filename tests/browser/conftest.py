@@ -11,6 +11,7 @@ Helpers
     run_all(page)                         run every cell and wait until the run has finished
     error_outputs(page)                   tracebacks of cells that raised (from the notebook model)
     assert_no_browser_errors(page)        fail on uncaught page errors or console errors
+    kernel_eval(page, code)               run code in the open notebook's kernel, return its stdout
 
 Outside CI a missing Chromium or playwright skips these tests; with CI=true it fails them.
 """
@@ -473,3 +474,52 @@ def assert_no_browser_errors(page) -> None:
     errors = page.moe_errors
     page.moe_checked = len(errors)
     assert not errors, "errors in the browser:\n" + "\n".join(errors)
+
+
+_KERNEL_EVAL_JS = """
+async ([code, timeoutMs]) => {
+  const w = window.jupyterapp.shell.currentWidget;
+  const kernel = w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel;
+  if (!kernel) return {status: 'no-kernel', stdout: '', stderr: '', error: 'no kernel'};
+  const future = kernel.requestExecute(
+    {code, silent: false, store_history: false, allow_stdin: false, stop_on_error: false});
+  let stdout = '', stderr = '', error = null;
+  // Only this request's messages reach the future: the notebook's cells never see them.
+  future.onIOPub = (msg) => {
+    const t = msg.header.msg_type;
+    if (t === 'stream') {
+      if (msg.content.name === 'stderr') stderr += msg.content.text; else stdout += msg.content.text;
+    } else if (t === 'error') {
+      error = msg.content.ename + ': ' + msg.content.evalue;
+    }
+  };
+  let timer;
+  const timeout = new Promise((resolve) => {
+    timer = setTimeout(() => resolve(null), timeoutMs);
+  });
+  const reply = await Promise.race([future.done, timeout]);
+  clearTimeout(timer);
+  if (reply === null) {
+    future.dispose();
+    return {status: 'timeout', stdout, stderr, error};
+  }
+  return {status: reply.content.status, stdout, stderr, error};
+}
+"""
+
+
+def kernel_eval(page, code: str, timeout_s: float = 60) -> str:
+    """Run `code` in the kernel of the notebook open in `page`; return what it printed to stdout.
+
+    The request goes through the page's own kernel connection, after any widget messages the page
+    sent before it, so the answer reflects every slider change made so far. Nothing appears in the
+    notebook and the execution count does not move. Raises AssertionError when the code raised or
+    did not finish within timeout_s.
+    """
+    result = page.evaluate(_KERNEL_EVAL_JS, [code, int(timeout_s * 1000)])
+    if result["status"] != "ok" or result["error"]:
+        raise AssertionError(
+            f"kernel_eval({code!r}) -> {result['status']}: {result['error']}\n"
+            f"stdout: {result['stdout']}\nstderr: {result['stderr']}"
+        )
+    return result["stdout"]

@@ -1,0 +1,96 @@
+"""Functions the benchmark runs *on the ranks* (Cluster.run imports them by name).
+
+Each timed function starts with a barrier so every rank begins together, then times only its
+own work; the parent takes the max over ranks as the step's time.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.distributed as dist
+
+
+def peak_rss_reset() -> None:
+    """Reset this process's peak resident memory (Linux: /proc/self/clear_refs), if allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def rss_bytes() -> dict:
+    """Current and peak resident memory of this process (Linux; zeros elsewhere)."""
+    out = dict(rss=0, peak=0)
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    out["rss"] = int(line.split()[1]) * 1024
+                elif line.startswith("VmHWM:"):
+                    out["peak"] = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return out
+
+
+# ---- transport: what the wire and the memory can do, without any MoE logic -------------------
+def _transport_buffers(ctx, rows: int, d: int):
+    key = ("bench_transport", rows, d)
+    if key not in ctx.cache:
+        # Row i of rank r holds the value r * rows + i: after the exchange every row says where it came from.
+        src = (ctx.rank * rows + torch.arange(rows, dtype=torch.float32)).unsqueeze(1).repeat(1, d).contiguous()
+        ctx.cache[key] = (src, torch.empty_like(src))
+    return ctx.cache[key]
+
+
+def transport_probe(ctx, rows: int, d: int, what: str) -> float:
+    """Seconds for one equal-split all_to_all_single ('alltoall') or one copy ('memcpy') of [rows, d]."""
+    src, dst = _transport_buffers(ctx, rows, d)
+    dist.barrier(group=ctx.group)
+    t0 = time.perf_counter()
+    if what == "alltoall":
+        dist.all_to_all_single(dst, src, group=ctx.group)
+    elif what == "memcpy":
+        dst.copy_(src)
+    else:
+        raise ValueError(f"what={what!r}: 'alltoall' or 'memcpy'")
+    return time.perf_counter() - t0
+
+
+def transport_check(ctx, rows: int, d: int) -> dict:
+    """Run both probes once and check the received rows: {'alltoall': wrong rows, 'memcpy': wrong rows}."""
+    P, r = ctx.world_size, ctx.rank
+    src, dst = _transport_buffers(ctx, rows, d)
+    c = rows // P
+    dst.zero_()
+    dist.all_to_all_single(dst, src, group=ctx.group)
+    j = torch.arange(rows) // c  # the source rank of each received row
+    expected = (j * rows + r * c + torch.arange(rows) % c).to(torch.float32).unsqueeze(1)
+    a2a_bad = int((dst != expected).any(dim=1).sum())
+    dst.zero_()
+    dst.copy_(src)
+    copy_bad = int((dst != src).any(dim=1).sum())
+    return dict(alltoall=a2a_bad, memcpy=copy_bad)
+
+
+# ---- the naive notebook: a brand-new process group for one step ---------------------------------
+def spawned_step(rank: int, world_size: int, init_file: str, out_dir: str, cfg, tokens_per_rank: int) -> None:
+    """One rank of a throwaway `torch.multiprocessing.spawn` group: init, one step, save y, exit."""
+    import os
+    from datetime import timedelta
+
+    from .bench_common import cores
+    from .cluster import RankContext
+    from .step import step_on_rank
+
+    torch.set_num_threads(max(1, cores() // world_size))  # the same thread rule as Cluster's ranks
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size,
+                            timeout=timedelta(seconds=120))
+    try:
+        ctx = RankContext(rank, world_size, "gloo", torch.device("cpu"), dist.group.WORLD)
+        _, tensors = step_on_rank(ctx, cfg, tokens_per_rank, 0.0, False, True)
+        torch.save(tensors["y"], os.path.join(out_dir, f"y{rank}.pt"))
+    finally:
+        dist.destroy_process_group()

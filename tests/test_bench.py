@@ -1,0 +1,85 @@
+"""The benchmark suite runs end to end and every contender it times computes the right numbers.
+
+Nothing here checks a time: the machine running the tests may be busy. It checks that the quick
+suite runs (at world size 2, through the real CLI), writes a JSON with every section, keeps the
+raw samples, and that each contender matched the single-process reference.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from moe_lab import bench_fairscale
+from moe_lab.bench_suite import SECTIONS, BenchContext, parse_sections
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-m", "moe_lab", "bench", "--quick", "--world-size", "2", "--out", str(out)],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=240)
+    return proc, out
+
+
+def test_quick_suite_writes_every_section_and_every_contender_matches(quick_run):
+    proc, out = quick_run
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    data = json.loads((out / "bench-quick-w2.json").read_text())
+    assert (out / "bench-quick-w2.html").exists()
+    assert list(data["sections"]) == list(SECTIONS)
+    meta = data["meta"]
+    for key in ("platform", "cores", "torch", "date", "world_size", "quick"):
+        assert meta[key] is not None, key
+    assert meta["world_size"] == 2 and meta["quick"] is True
+    for name, sec in data["sections"].items():
+        assert sec["status"] in ("ok", "skipped"), f"{name}: {sec.get('reason')}\n{sec.get('traceback', '')}"
+        if sec["status"] == "skipped":
+            assert sec["reason"]
+            continue
+        assert sec["records"], name
+        for rec in sec["records"]:
+            where = f"{name}: {rec['contender']} {rec['params']}"
+            assert rec["matched_reference"] is True, f"{where} did not match the reference: {rec.get('errors')}"
+            assert rec["max_err"] <= 1e-4, where
+            assert len(rec["samples"]) == rec["n"] >= 1, where
+            assert rec["p10"] <= rec["median"] <= rec["p90"], where
+            if "world_size" in rec["params"]:
+                assert rec["params"]["world_size"] == 2, where
+    assert data["sections"]["course"]["status"] == "skipped"  # quick mode never runs the notebooks
+    rvp = data["sections"]["ragged_vs_padded"]
+    assert all(i["equal"] for i in rvp["bytes_identity"])
+    assert rvp["growth"]["ragged"]["bytes_cf_max_over_cf_min"] == pytest.approx(1.0)
+    assert {t["name"] for t in data["targets"]} and all("met" in t for t in data["targets"])
+    assert "== targets ==" in proc.stdout
+
+
+def test_peer_section_matches_when_fairscale_is_installed(quick_run):
+    _, out = quick_run
+    peer = json.loads((out / "bench-quick-w2.json").read_text())["sections"]["peer"]
+    if bench_fairscale.available() is None:
+        assert peer["status"] == "skipped" and "fairscale" in peer["reason"]
+        return
+    assert peer["status"] == "ok"
+    contenders = {r["contender"] for r in peer["records"]}
+    assert contenders == set(bench_fairscale.CONTENDERS.values())
+    assert all(r["matched_reference"] for r in peer["records"])
+    for c in peer["checks"]:
+        assert c["compared_tokens"] > 0 and c["full_sets_equal"]
+
+
+def test_peer_section_skips_cleanly_without_fairscale(monkeypatch):
+    monkeypatch.setattr(bench_fairscale, "available", lambda: None)
+    sec = bench_fairscale.section_peer(BenchContext(quick=True, world_size=2))
+    assert sec["status"] == "skipped" and "pip install" in sec["reason"]
+
+
+def test_bad_section_name_is_refused():
+    with pytest.raises(ValueError, match="unknown section"):
+        parse_sections("startup,warp")
+    assert parse_sections("peer,startup") == ["startup", "peer"]
