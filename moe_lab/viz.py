@@ -27,7 +27,7 @@ DROPPED_COLOR = "#d62728"
 KEPT_COLOR = "#1f77b4"
 PHASE_COLORS = dict(router="#9467bd", count_exchange="#bcbd22", dispatch="#ff7f0e", experts="#2ca02c",
                     combine="#17becf", other="#c9c9c9")
-HOVER_CELL_LIMIT = 60_000  # above this many buffer cells, drop per-cell hover text to stay fast
+HOVER_CELL_LIMIT = 12_000  # per-cell hover text above this costs more to redraw than it helps
 
 
 def gpu_label(r: int) -> str:
@@ -45,6 +45,9 @@ def expert_colors(num_experts: int) -> list[str]:
 BUFFER_ROWS = ("send (before dispatch)", "receive (after dispatch)", "dropped (never sent)")
 
 
+EMPTY = -2  # colour value of a heatmap cell past the end of a buffer (transparent)
+
+
 def alltoall_buffers(trace: StepTrace) -> go.Figure:
     """One panel per GPU: its send buffer (chunks by destination GPU), its receive buffer (chunks
     by source GPU) and the assignments it dropped, one cell per buffer row coloured by expert.
@@ -55,9 +58,9 @@ def alltoall_buffers(trace: StepTrace) -> go.Figure:
     """
     P, E = trace.world_size, trace.num_experts
     buffers = [(trace.send_buffer(r), trace.recv_buffer(r)) for r in range(P)]  # rows, as trace.py lays them out
-    sides = [_buffer_cells(trace, r, *buffers[r]) for r in range(P)]  # per rank: 3 lists of (value, hover)
-    width = max(1, max(len(row) for side in sides for row in side))
+    width = max(1, max(max(len(s), len(rv), int((trace.expert[r] < 0).sum())) for r, (s, rv) in enumerate(buffers)))
     hover = P * len(BUFFER_ROWS) * width <= HOVER_CELL_LIMIT
+    sides = [_buffer_cells(trace, r, *buffers[r], hover) for r in range(P)]  # per rank: 3 lists of (value, hover)
     titles = []
     for r in range(P):
         n_drop = int((trace.expert[r] < 0).sum())
@@ -68,8 +71,9 @@ def alltoall_buffers(trace: StepTrace) -> go.Figure:
                         subplot_titles=titles)
     shapes = []  # chunk boundaries, set once: add_shape per line is slow
     for r, side in enumerate(sides):
-        # [3, width]; None = past the end of that buffer (not NaN: widget messages are strict JSON)
-        z = np.full((len(BUFFER_ROWS), width), None, object)
+        # [3, width] float (object arrays are deep-copied cell by cell on every redraw); EMPTY = past
+        # the end of that buffer, drawn blank (not NaN: widget messages are strict JSON)
+        z = np.full((len(BUFFER_ROWS), width), EMPTY, float)
         text = np.full(z.shape, "", object) if hover else None
         for i, row in enumerate(side):
             if row:
@@ -98,8 +102,13 @@ def alltoall_buffers(trace: StepTrace) -> go.Figure:
     return fig
 
 
-def _buffer_cells(trace: StepTrace, r: int, send_rows: list, recv_rows: list) -> list[list[tuple]]:
+def _buffer_cells(trace: StepTrace, r: int, send_rows: list, recv_rows: list, hover: bool = True) -> list[list[tuple]]:
     """Rank r's send rows, receive rows and dropped assignments as (colour value, hover text)."""
+    if not hover:  # values only: formatting tens of thousands of strings is most of a redraw
+        t_d, j_d = np.nonzero(trace.expert[r] < 0)
+        return [[(e if t is not None else -1, "") for _, e, _, t, _ in send_rows],
+                [(e if t is not None else -1, "") for _, e, _, t, _ in recv_rows],
+                [(e, "") for e in trace.experts[r][t_d, j_d].tolist()]]
     send = [(e, f"token {t} (choice {j}) → {gpu_label(d)}, E{e} slot {s}") if t is not None
             else (-1, f"padding → {gpu_label(d)}, E{e} slot {s} (wasted)") for d, e, s, t, j in send_rows]
     recv = [(e, f"from {gpu_label(src)}: token {t} (choice {j}), E{e} slot {s}") if t is not None
@@ -116,22 +125,21 @@ def _chunk_lines(send_rows: list, recv_rows: list, xref: str, yref: str) -> list
     """White lines between destination chunks (send) and source chunks (receive) of one rank."""
     send_d = [d for d, *_ in send_rows]
     recv_s = [s for s, *_ in recv_rows]
-    lines = []
+    path = ""  # one SVG path per panel: a shape per line makes every redraw slow
     for y, owners in ((0, send_d), (1, recv_s)):
         for c in (i for i in range(1, len(owners)) if owners[i] != owners[i - 1]):
-            lines.append(dict(type="line", x0=c - 0.5, x1=c - 0.5, y0=y - 0.45, y1=y + 0.45, xref=xref, yref=yref,
-                              line=dict(color="white", width=2)))
-    return lines
+            path += f"M{c - 0.5},{y - 0.45}L{c - 0.5},{y + 0.45}"
+    return [dict(type="path", path=path, xref=xref, yref=yref, line=dict(color="white", width=2))] if path else []
 
 
 def _expert_colorscale(E: int) -> dict:
     """A stepped colour scale: value -1 is padding (grey), value e is expert E_e's colour."""
-    colors = [PADDING_COLOR] + expert_colors(E)
+    colors = ["rgba(0,0,0,0)", PADDING_COLOR] + expert_colors(E)  # EMPTY (-2), padding (-1), E0..
     n = len(colors)
     scale = []
     for i, c in enumerate(colors):
         scale += [[i / n, c], [(i + 1) / n, c]]
-    return dict(colorscale=scale, cmin=-1.5, cmax=E - 0.5, colorbar=dict(
+    return dict(colorscale=scale, cmin=EMPTY - 0.5, cmax=E - 0.5, colorbar=dict(
         title="expert", tickvals=list(range(-1, E)), ticktext=["padding"] + [f"E{e}" for e in range(E)]))
 
 

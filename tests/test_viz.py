@@ -105,7 +105,8 @@ def _cells(fig, row, value=None):
     out = []
     for hm in fig.data:
         z = np.asarray(hm.z, float)[row]
-        out.append(int(np.sum(~np.isnan(z))) if value is None else int(np.sum(z == value)))
+        filled = ~np.isnan(z) & (z != viz.EMPTY)  # EMPTY: past the end of that buffer
+        out.append(int(np.sum(filled)) if value is None else int(np.sum(z == value)))
     return out
 
 
