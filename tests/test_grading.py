@@ -332,3 +332,20 @@ def test_a_deep_copy_of_the_source_is_graded_not_the_source_itself():
     before = copy.deepcopy(source)
     gen.assemble(source, read(EXERCISES / name), name)
     assert source == before
+
+
+def test_grading_works_inside_a_running_event_loop(tmp_path):
+    """Instructors grade from a notebook, where an event loop is already running."""
+    import asyncio
+    import shutil
+
+    from moe_lab import grading
+
+    sub = tmp_path / "ex1_top_k_gating.ipynb"
+    shutil.copy(grading._REPO / "solutions" / "ex1_top_k_gating.ipynb", sub)
+
+    async def inside_a_loop():
+        return grading.grade([sub], grading._REPO / "solutions", cell_timeout=60)
+
+    [result] = asyncio.run(inside_a_loop())
+    assert result.score == result.max_score > 0
