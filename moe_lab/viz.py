@@ -189,7 +189,7 @@ def per_gpu_load(trace: StepTrace) -> go.Figure:
         barmode="stack", title=f"Tokens per GPU: max/mean = {trace.load_imbalance:.2f}<br><sup>{sub}</sup>",
         xaxis=dict(title="GPU (experts it holds)", tickvals=list(x),
                    ticktext=[f"{gpu_label(r)}<br>E{r * m}" + (f"-E{r * m + m - 1}" if m > 1 else "") for r in x]),
-        yaxis_title="token copies received", legend=dict(orientation="h", y=-0.25),
+        yaxis_title="token copies received", legend=dict(orientation="h", y=-0.38), margin=dict(b=120),
     )
     return fig
 
