@@ -232,6 +232,16 @@ def cell_output_text(page, source_needle: str) -> str:
     )
 
 
+def _open_and_run(page, lab_server, relpath):
+    """Open a chapter, run all its cells and fail on any error output."""
+    open_notebook(page, lab_server, relpath)
+    t0 = time.monotonic()
+    state = run_all(page)
+    print(f"run-all of {relpath}: {time.monotonic() - t0:.1f} s")
+    assert_ran_clean(page, relpath, state)
+    return state
+
+
 # --------------------------------------------------------------------------- chapter 3
 
 LOAD_BALANCING = "chapters/03_load_balancing.ipynb"
@@ -241,11 +251,7 @@ LOAD_BALANCING = "chapters/03_load_balancing.ipynb"
 def test_load_balancing_playground(page, lab_server):
     """Uncheck dropless, drag capacity down, step k with the keyboard, check dropless again."""
     test = "test_load_balancing_playground"
-    open_notebook(page, lab_server, LOAD_BALANCING)
-    t0 = time.monotonic()
-    state = run_all(page)
-    print(f"run-all of {LOAD_BALANCING}: {time.monotonic() - t0:.1f} s")
-    assert_ran_clean(page, LOAD_BALANCING, state)
+    _open_and_run(page, lab_server, LOAD_BALANCING)
 
     page.evaluate(_MOE_JS)
     # The Playground's four FigureWidgets are drawn inside its own output.
@@ -383,11 +389,7 @@ def test_alltoall_token_path(page, lab_server):
     from playwright.sync_api import expect  # here: without playwright the fixtures skip, not import
 
     test = "test_alltoall_token_path"
-    open_notebook(page, lab_server, ALLTOALL)
-    t0 = time.monotonic()
-    state = run_all(page)
-    print(f"run-all of {ALLTOALL}: {time.monotonic() - t0:.1f} s")
-    assert_ran_clean(page, ALLTOALL, state)
+    _open_and_run(page, lab_server, ALLTOALL)
 
     path_cell = page.locator(".jp-Notebook .jp-CodeCell").filter(has_text="describe_token_path").first
     buffers_plot = page.locator(".jp-Notebook .js-plotly-plot").filter(has_text="AlltoAll buffers on").first
