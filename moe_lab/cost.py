@@ -10,7 +10,7 @@ Numbers are parameters, not measurements: set them for your machine.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -57,10 +57,6 @@ def scaling_table(Ps, tokens_per_gpu=4096, d_model=4096, d_hidden=14336, k=2, ex
                          expert_mem_ep=expert_memory(E, d_model, d_hidden, P, bytes_per_elem),
                          expert_mem_dp=expert_memory(E, d_model, d_hidden, 1, bytes_per_elem)))
     return rows
-
-
-def hardware_dict(hw: Hardware) -> dict:
-    return asdict(hw)
 
 
 def sparsity(d_model: int, d_hidden: int, num_experts: int, k: int) -> dict:
