@@ -18,7 +18,6 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 from plotly.colors import qualitative
-from plotly.subplots import make_subplots
 
 from .trace import PHASES, StepTrace
 
@@ -67,9 +66,8 @@ def alltoall_buffers(trace: StepTrace) -> go.Figure:
         real = f" ({int(trace.recv_tokens[r])} real)" if trace.buffer_slots is not None else ""
         titles.append(f"{gpu_label(r)}: sends {int(trace.send_rows[r])} rows, receives {int(trace.recv_rows[r])}"
                       f"{real}, dropped {n_drop}")
-    fig = make_subplots(rows=P, cols=1, shared_xaxes=True, vertical_spacing=min(0.04, 0.3 / P),
-                        subplot_titles=titles)
-    shapes = []  # chunk boundaries, set once: add_shape per line is slow
+    layout = _stacked_panels(titles, spacing=min(0.04, 0.3 / P))  # one panel per GPU, shared x
+    heatmaps, shapes = [], []  # chunk boundaries, set once: add_shape per line is slow
     for r, side in enumerate(sides):
         # [3, width] float (object arrays are deep-copied cell by cell on every redraw); EMPTY = past
         # the end of that buffer, drawn blank (not NaN: widget messages are strict JSON)
@@ -80,26 +78,41 @@ def alltoall_buffers(trace: StepTrace) -> go.Figure:
                 z[i, : len(row)] = [v for v, _ in row]
                 if hover:
                     text[i, : len(row)] = [h for _, h in row]
-        fig.add_trace(go.Heatmap(
+        ax = "" if r == 0 else str(r + 1)
+        heatmaps.append(go.Heatmap(
             z=z, y=list(BUFFER_ROWS), x=np.arange(width), coloraxis="coloraxis", name=gpu_label(r),
             text=text, hovertemplate="%{text}<extra>" + gpu_label(r) + "</extra>" if hover else None,
-            hoverinfo=None if hover else "x+y+z", xgap=0, ygap=2,
-        ), row=r + 1, col=1)
-        sp = fig.get_subplot(r + 1, 1)
-        shapes += _chunk_lines(*buffers[r], sp.xaxis.plotly_name.replace("axis", ""),
-                               sp.yaxis.plotly_name.replace("axis", ""))
-    fig.update_yaxes(autorange="reversed")
+            hoverinfo=None if hover else "x+y+z", xgap=0, ygap=2, xaxis="x" + ax, yaxis="y" + ax,
+        ))
+        shapes += _chunk_lines(*buffers[r], "x" + ax, "y" + ax)
     mode = "padded" if trace.buffer_slots is not None else "ragged"
     cap = "dropless" if trace.capacity is None else f"capacity C = {trace.capacity} per expert per source GPU"
-    fig.update_layout(
+    layout.update(
         title=f"AlltoAll buffers on {P} GPUs ({mode}, {cap})<br><sup>each GPU sends tokens for E0..E{E - 1}, "
               f"chunked by destination GPU, and receives only tokens for its own experts, chunked by source"
               f"{'; grey rows are padding: sent, but wasted' if trace.buffer_slots is not None else ''}</sup>",
         coloraxis=_expert_colorscale(E), shapes=shapes, height=150 + 135 * P, margin=dict(l=10, r=10, t=90, b=40),
         showlegend=False,
     )
-    fig.update_xaxes(title_text="buffer row", row=P, col=1)
-    return fig
+    return go.Figure(data=heatmaps, layout=layout)
+
+
+def _stacked_panels(titles: list[str], spacing: float) -> dict:
+    """Layout of len(titles) panels stacked top to bottom with a shared x axis, built in one go
+    (make_subplots does the same through many small validated updates: half of a redraw)."""
+    n = len(titles)
+    h = (1 - spacing * (n - 1)) / n  # height of one panel, in paper coordinates
+    layout, notes = {}, []
+    for r, title in enumerate(titles):
+        ax = "" if r == 0 else str(r + 1)
+        top = 1 - r * (h + spacing)
+        layout["xaxis" + ax] = dict(anchor="y" + ax, matches=None if r == 0 else "x", showticklabels=r == n - 1,
+                                    title_text="buffer row" if r == n - 1 else None)
+        layout["yaxis" + ax] = dict(anchor="x" + ax, domain=[max(0.0, top - h), min(1.0, top)], autorange="reversed")
+        notes.append(dict(text=title, x=0.5, y=top, xref="paper", yref="paper", xanchor="center",
+                          yanchor="bottom", showarrow=False, font=dict(size=16)))
+    layout["annotations"] = notes
+    return layout
 
 
 def _buffer_cells(trace: StepTrace, r: int, send_rows: list, recv_rows: list, hover: bool = True) -> list[list[tuple]]:
