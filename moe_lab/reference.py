@@ -60,8 +60,9 @@ def moe_forward(x, router_w, w_in, w_out, cfg: MoEConfig, world_size: int = 1, b
     info["capacity"] = blocks[0]["capacity"]
     info["aux_loss"] = torch.stack([b["aux_loss"] for b in blocks])
     info["z_loss"] = torch.stack([b["z_loss"] for b in blocks])
-    chosen = torch.stack([routing.count_per_expert(b["experts"], E) for b in blocks]).sum(0)
-    info["kept"] = torch.stack([routing.count_per_expert(b["expert"], E) for b in blocks]).sum(0)
+    # counting the concatenated tables is the same as summing each block's counts
+    chosen = routing.count_per_expert(info["experts"], E)
+    info["kept"] = routing.count_per_expert(info["expert"], E)
     info["dropped"] = chosen - _kept_by_choice(info["experts"], info["expert"], E)
     return torch.cat(ys), info
 

@@ -112,18 +112,13 @@ class LabServer:
 
     def delete_sessions(self) -> None:
         """Shut down every notebook session and kernel, so the next test starts fresh ones."""
-        for session in self.api("GET", "/api/sessions"):
-            try:
-                self.api("DELETE", f"/api/sessions/{session['id']}", timeout=30)
-            except urllib.error.HTTPError as err:
-                if err.code != 404:
-                    raise
-        for kernel in self.api("GET", "/api/kernels"):
-            try:
-                self.api("DELETE", f"/api/kernels/{kernel['id']}", timeout=30)
-            except urllib.error.HTTPError as err:
-                if err.code != 404:
-                    raise
+        for kind in ("sessions", "kernels"):
+            for item in self.api("GET", f"/api/{kind}"):
+                try:
+                    self.api("DELETE", f"/api/{kind}/{item['id']}", timeout=30)
+                except urllib.error.HTTPError as err:
+                    if err.code != 404:  # already gone with its session
+                        raise
 
     def forget_workspaces(self) -> None:
         """Drop saved layouts, so the next page does not reopen the previous test's notebooks."""
