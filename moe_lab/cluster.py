@@ -27,11 +27,12 @@ from datetime import timedelta
 from multiprocessing.connection import wait
 
 from .config import check_world_size
+from .paths import usable_cores
 
 # Imported once by the forkserver, so each rank starts with them loaded (a rank's first functional
 # collective would otherwise import torch._dynamo: about a second per rank).
 _PRELOAD = ["torch", "torch.distributed", "torch.distributed._functional_collectives", "torch._dynamo",
-            "moe_lab.cluster", "moe_lab.step", "moe_lab.faults", "moe_lab.train", "moe_lab.mesh"]
+            "moe_lab.cluster", "moe_lab.layer"]
 # Words in a rank's error that mean "my peer went away", not "I am the cause".
 _SECONDARY = ("DistBackendError", "Connection closed", "Connection reset", "Timed out", "timed out",
               "gloo", "NCCL", "Broken pipe", "peer")
@@ -64,7 +65,12 @@ class RankContext:
     backend: str
     device: object
     group: object = None  # the default (world) process group
-    cache: dict = field(default_factory=dict)  # survives between calls on this rank
+    _state: dict = field(default_factory=dict, repr=False)
+
+    def state(self, owner: str) -> dict:
+        """A dict that survives between calls on this rank, owned by one module (e.g. "step",
+        "train"): each module keeps and evicts only its own state."""
+        return self._state.setdefault(owner, {})
 
 
 def pick_backend(world_size: int, backend: str = "auto") -> str:
@@ -117,8 +123,7 @@ class Cluster:
             raise ValueError(f"threads={threads!r}: must be a whole number >= 1 or None")
         self.world_size, self.timeout = world_size, float(timeout)
         self.backend = pick_backend(world_size, backend)
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        self.threads = threads or max(1, cores // world_size)
+        self.threads = threads or max(1, usable_cores() // world_size)
         self._procs, self._conns, self._dirs = [], [], []  # shared with the finalizer: mutate in place
         self._seq = 0
         # one call at a time: a widget callback on another kernel thread must not interleave its

@@ -11,7 +11,7 @@ Two ways to lay out the buffers:
   padded  every expert gets exactly S rows from every source rank ([E, S, d], S = C), unused
           rows are zeros: equal splits and no count exchange, but bytes and expert FLOPs grow
           with the capacity factor, not with the tokens (GShard / Switch).
-The buffer layout itself is explained in moe_lab/trace.py.
+The buffer layout itself is explained once, in moe_lab/trace.py (NOTE there).
 """
 from __future__ import annotations
 
@@ -32,17 +32,17 @@ def _a2a(x, out_splits, in_splits, group):
     return y
 
 
-def send_order(expert: torch.Tensor, slot: torch.Tensor, num_experts: int):
+def send_order(used: torch.Tensor, slot: torch.Tensor, num_experts: int):
     """Where each kept assignment sits in the expert-major send buffer.
 
-    expert, slot [N, k] (-1 = dropped). Returns (order, counts): order [S] holds the flat
+    used, slot [N, k] (the expert used and its slot; -1 = dropped). Returns (order, counts): order [S] holds the flat
     assignment index t*k+j of each send-buffer row; counts [E] the kept rows per expert.
     Slots of one expert are 0..count-1, so row = offset[expert] + slot.
-    Worked example (E = 2): expert = [[1, 0], [1, -1]], slot = [[0, 0], [1, -1]]
+    Worked example (E = 2): used = [[1, 0], [1, -1]], slot = [[0, 0], [1, -1]]
       counts = [1, 2], offsets = [0, 1]; rows: a0 (e1, s0) -> 1, a1 (e0, s0) -> 0, a2 (e1, s1) -> 2
       order = [1, 0, 2].
     """
-    flat_e, flat_s = expert.reshape(-1), slot.reshape(-1)
+    flat_e, flat_s = used.reshape(-1), slot.reshape(-1)
     kept = torch.nonzero(flat_e >= 0).squeeze(1)  # [S] assignment ids
     counts = torch.bincount(flat_e[kept], minlength=num_experts)  # [E]
     offsets = torch.cumsum(counts, 0) - counts
@@ -74,8 +74,11 @@ def ragged_exchange(x, order, counts, recv_counts, k, local_experts, group, time
     with timer("dispatch"):
         recv = _a2a(x[order // k], recv_splits, send_splits, group)  # [R, d] source-major
     with timer("experts"):
-        # Received rows are source-major ([r0: e0 e1 | r1: e0 e1]); experts want their rows
-        # together, so permute to expert-major ([e0: r0 r1 | e1: r0 r1]), run, and undo.
+        # NOTE (layout): received rows are source-major, experts want theirs together.
+        # P = 2, m = 2, recv_counts = [[2, 3], [1, 4]] (rows [r0e0, r0e1, r1e0, r1e1]):
+        #   received  [r0e0 r0e0 | r0e1 r0e1 r0e1 | r1e0 | r1e1 r1e1 r1e1 r1e1]   (source-major)
+        #   grouped   [r0e0 r0e0 r1e0 | r0e1 r0e1 r0e1 r1e1 r1e1 r1e1 r1e1]        (expert-major)
+        # a stable sort by local expert id does it; argsort(perm) puts outputs back before combine.
         sizes = recv_counts.sum(0).tolist()  # [m] rows per local expert
         if m > 1:
             local_id = torch.arange(m, device=x.device).repeat(P).repeat_interleave(recv_counts.reshape(-1))
@@ -93,7 +96,9 @@ def ragged_exchange(x, order, counts, recv_counts, k, local_experts, group, time
 def padded_exchange(x, order, counts, S, k, local_experts, group, timer):
     """The same trip with fixed [E, S, d] buffers and equal splits. Returns [sum(counts), d].
 
-    Row of assignment in the send buffer: expert * S + slot (slots are < S by construction).
+    NOTE (layout): row of an assignment in the send buffer = expert * S + slot (slots < S by
+    construction); after the equal-split AlltoAll a rank holds [source P, local expert m, slot S, d]:
+    source-major again, but every chunk has the same size, so a view (no permutation) groups it.
     """
     E, d = counts.numel(), x.shape[1]
     P = dist.get_world_size(group)

@@ -1,7 +1,8 @@
 """The expert: a two-layer FFN E_i(x) = relu(x @ w_in[i]) @ w_out[i].
 
 Also its tensor-parallel form (column-parallel w_in, row-parallel w_out), where each TP rank
-holds a slice of the hidden dimension and one all-reduce sums the partial outputs.
+holds a slice of the hidden dimension and one all-reduce sums the partial outputs: the f and g
+functions of Megatron-LM (Shoeybi et al., arXiv 1909.08053, section 3).
 """
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """MoELayer: router -> count exchange -> AlltoAll dispatch -> local experts -> AlltoAll combine.
 
-One instance per rank. Every rank holds the (replicated) router and only its own m = E / P
+The expert-parallel layer of GShard (arXiv 2006.16668) and Switch Transformer (arXiv 2101.03961);
+ragged (dropless) buffers as in MegaBlocks (arXiv 2211.15841). One instance per rank. Every rank holds the (replicated) router and only its own m = E / P
 experts; tokens travel to the experts, never the other way round.
 """
 from __future__ import annotations
@@ -13,11 +14,11 @@ import torch.distributed as dist
 from torch import nn
 
 from . import routing
+from .routing import route_block
 from .comm import note
 from .config import MoEConfig
 from .dispatch import exchange_counts, make_local_experts, padded_exchange, ragged_exchange, send_order
 from .experts import tp_shard
-from .reference import route_block
 from .trace import RankTrace
 
 
@@ -84,8 +85,8 @@ class MoELayer(nn.Module):
         N, E, k = x.shape[0], cfg.num_experts, cfg.k
         with timer("router"):
             bias = self.select_bias if self.select_bias.any() else None
-            r = route_block(x, self.router_w, cfg, bias)  # gates, experts, expert, slot: [N, k]
-            order, counts = send_order(r["expert"], r["slot"], E)  # [S], [E]
+            r = route_block(x, self.router_w, cfg, bias)  # gates, chosen, used, slot: [N, k]
+            order, counts = send_order(r["used"], r["slot"], E)  # [S], [E]
         local_experts = make_local_experts(self.w_in, self.w_out, self.tp_group)
         if cfg.dispatch == "ragged":
             with timer("count_exchange"):
@@ -97,13 +98,13 @@ class MoELayer(nn.Module):
             back = padded_exchange(x, order, counts, S, k, local_experts, self.group, timer)
         # put each returned row back at its (token, choice) and sum with the gates
         out = x.new_zeros(N * k, x.shape[1]).index_copy(0, order, back)  # [N*k, d]
-        y = routing.combine_weighted(N, r["gates"], r["expert"], out.view(N, k, -1))  # [N, d]
+        y = routing.combine_weighted(r["gates"], r["used"], out.view(N, k, -1))  # [N, d]
         self.aux_loss, self.z_loss = r["aux_loss"], r["z_loss"]
         times["total"] = time.perf_counter() - t0
         trace = RankTrace(
             rank=self.rank, world_size=self.P, num_experts=E, k=k, d_model=cfg.d_model,
             capacity=r["capacity"], dispatch=cfg.dispatch,
-            experts=r["experts"].cpu().numpy(), expert=r["expert"].cpu().numpy(),
+            chosen=r["chosen"].cpu().numpy(), used=r["used"].cpu().numpy(),
             slot=r["slot"].cpu().numpy(), gates=r["gates"].detach().cpu().numpy(),
             buffer_slots=S, elem_bytes=x.element_size(), times=times,
             aux_loss=float(r["aux_loss"].detach()), z_loss=float(r["z_loss"].detach()),

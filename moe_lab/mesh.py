@@ -7,6 +7,9 @@
                                (expert-data-parallel gradient all-reduce)
     router   : grid[:, :, t]   all replicas of the router that saw different tokens
 TP neighbours are adjacent ranks (on a real machine: the same node, the fastest links).
+Expert-data-parallel and expert-tensor-parallel groups beside the EP AlltoAll follow DeepSpeed-MoE
+(Rajbhandari et al., arXiv 2201.05596) and Megatron-LM's f/g (arXiv 1909.08053); the grid-slicing
+style is picotron's.
 """
 from __future__ import annotations
 
@@ -77,9 +80,10 @@ def composed_step_on_rank(ctx, cfg, dp: int, ep: int, tp: int, tokens_per_rank: 
     from .workload import init_weights, make_tokens, upstream_grad
 
     key = ("mesh", dp, ep, tp)
-    if key not in ctx.cache:
-        ctx.cache[key] = build(ctx, dp, ep, tp)
-    mesh = ctx.cache[key]
+    meshes = ctx.state("mesh")
+    if key not in meshes:
+        meshes[key] = build(ctx, dp, ep, tp)
+    mesh = meshes[key]
     N, blocks = tokens_per_rank, dp * ep
     b = mesh.dp_rank * ep + mesh.ep_rank  # this rank's token block
     weights = init_weights(cfg)

@@ -2,7 +2,8 @@
 
 It does what W expert-parallel ranks do, in one process, without any communication: each block
 of N rows is routed on its own (capacity and slots are per source rank), each assignment is sent
-to its expert, and the outputs are summed back with the gates fixed at gating time.
+to its expert, and the outputs are summed back with the gates fixed at gating time —
+y = Σ_{i ∈ top-k} g_i · E_i(x), the chapter's equation (Shazeer et al. 2017, arXiv 1701.06538).
 """
 from __future__ import annotations
 
@@ -11,32 +12,17 @@ import torch
 from . import routing
 from .config import MoEConfig
 from .experts import expert_ffn
-
-
-def route_block(x, router_w, cfg: MoEConfig, bias=None):
-    """Routing of one rank's N tokens: the part the layer and the reference share.
-
-    Returns a dict of logits [N, E], probs [N, E], gates [N, k], experts [N, k] (the choices),
-    expert [N, k] and slot [N, k] (after capacity; -1 = dropped), capacity, aux_loss, z_loss.
-    """
-    N, E = x.shape[0], cfg.num_experts
-    logits = x @ router_w  # [N, E]
-    probs, gates, experts = routing.top_k_gating(logits, cfg.k, cfg.normalize_gates, bias)
-    C = routing.capacity(N, E, cfg.capacity_factor, cfg.k)
-    expert, slot = routing.assign_slots(probs, experts, C, cfg.policy, cfg.priority)
-    return dict(
-        logits=logits, probs=probs, gates=gates, experts=experts, expert=expert, slot=slot, capacity=C,
-        aux_loss=routing.aux_loss(probs, experts, cfg.aux_alpha),
-        z_loss=routing.z_loss(logits, cfg.z_alpha),
-    )
+from .routing import route_block  # noqa: F401  (kept importable here for one release)
 
 
 def moe_forward(x, router_w, w_in, w_out, cfg: MoEConfig, world_size: int = 1, bias=None):
     """y [W*N, d] for x [W*N, d], routed per block of N rows exactly as W ranks would.
 
     router_w [d, E], w_in [E, d, h], w_out [E, h, d]. Returns (y, info) where info holds the
-    routing tables of all blocks concatenated ([W*N, k] each), `aux_loss` and `z_loss` per block
-    ([W], differentiable) and `kept`, `dropped` per expert ([E], summed over blocks).
+    routing tables of all blocks concatenated ([W*N, k] each: chosen, used, slot, gates; and
+    probs [W*N, E]), `aux_loss` and `z_loss` per block ([W], differentiable) and `kept`,
+    `dropped` per expert ([E], summed over blocks). "experts"/"expert" are deprecated aliases
+    of "chosen"/"used".
     """
     cfg.check_world(world_size)
     if x.dim() != 2 or x.shape[1] != cfg.d_model:
@@ -48,26 +34,27 @@ def moe_forward(x, router_w, w_in, w_out, cfg: MoEConfig, world_size: int = 1, b
     for xb in x.chunk(world_size) if x.shape[0] else [x]:
         r = route_block(xb, router_w, cfg, bias)
         N = xb.shape[0]
-        flat = r["expert"].reshape(-1)  # [N*k] expert used by assignment t*k+j, -1 dropped
+        flat = r["used"].reshape(-1)  # [N*k] expert used by assignment t*k+j, -1 dropped
         out = xb.new_zeros(N * k, xb.shape[1])  # [N*k, d]
         for e in range(E):
             a = torch.nonzero(flat == e).squeeze(1)  # assignments served by expert e
             if a.numel():
                 out = out.index_copy(0, a, expert_ffn(xb[a // k], w_in[e], w_out[e]))
-        ys.append(routing.combine_weighted(N, r["gates"], r["expert"], out.view(N, k, -1)))
+        ys.append(routing.combine_weighted(r["gates"], r["used"], out.view(N, k, -1)))
         blocks.append(r)
-    info = {name: torch.cat([b[name] for b in blocks]) for name in ("probs", "gates", "experts", "expert", "slot")}
+    info = {name: torch.cat([b[name] for b in blocks]) for name in ("probs", "gates", "chosen", "used", "slot")}
+    info["experts"], info["expert"] = info["chosen"], info["used"]  # deprecated aliases
     info["capacity"] = blocks[0]["capacity"]
     info["aux_loss"] = torch.stack([b["aux_loss"] for b in blocks])
     info["z_loss"] = torch.stack([b["z_loss"] for b in blocks])
     # counting the concatenated tables is the same as summing each block's counts
-    chosen = routing.count_per_expert(info["experts"], E)
-    info["kept"] = routing.count_per_expert(info["expert"], E)
-    info["dropped"] = chosen - _kept_by_choice(info["experts"], info["expert"], E)
+    chosen = routing.count_per_expert(info["chosen"], E)
+    info["kept"] = routing.count_per_expert(info["used"], E)
+    info["dropped"] = chosen - _kept_by_choice(info["chosen"], info["used"], E)
     return torch.cat(ys), info
 
 
-def _kept_by_choice(experts, expert, E):
+def _kept_by_choice(chosen, used, E):
     """Kept assignments counted at the expert the token *chose* (so dropped = chosen - this)."""
-    kept = expert.reshape(-1) >= 0
-    return torch.bincount(experts.reshape(-1)[kept], minlength=E)
+    kept = used.reshape(-1) >= 0
+    return torch.bincount(chosen.reshape(-1)[kept], minlength=E)

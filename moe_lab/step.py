@@ -1,4 +1,5 @@
-"""One seeded step of the MoE layer on a rank: what `Cluster.step` and the torchrun demo run.
+"""One seeded step of the MoE layer on a rank (what `Cluster.step` and the torchrun demo run), and
+its single-process twin `reference_step`, which every distributed result is checked against.
 
 Weights and tokens come from moe_lab.workload (the same seed on every rank and in the parent),
 so nothing but the config travels, and the result can be checked against the reference.
@@ -10,17 +11,20 @@ import time
 import torch
 
 from .layer import MoELayer
+from .reference import moe_forward
 from .workload import init_weights, make_tokens, upstream_grad
 
 _MAX_CACHED = 16
 
 
 def _cached(ctx, key, make):
-    if key not in ctx.cache:
-        if len(ctx.cache) >= _MAX_CACHED:
-            ctx.cache.clear()
-        ctx.cache[key] = make()
-    return ctx.cache[key]
+    """This module's own cache on the rank (weights, layers, tokens), bounded; other modules keep theirs."""
+    cache = ctx.state("step")
+    if key not in cache:
+        if len(cache) >= _MAX_CACHED:
+            cache.clear()
+        cache[key] = make()
+    return cache[key]
 
 
 def step_on_rank(ctx, cfg, tokens_per_rank: int, skew: float = 0.0, backward: bool = False,
@@ -55,13 +59,23 @@ def step_on_rank(ctx, cfg, tokens_per_rank: int, skew: float = 0.0, backward: bo
                        w_in_grad=grad(layer.w_in), w_out_grad=grad(layer.w_out))
 
 
-def step_many(ctx, jobs):
-    """Several step_on_rank calls in one round trip: jobs is a list of argument tuples."""
-    return [step_on_rank(ctx, *job) for job in jobs]
+def reference_step(cfg, world_size: int, tokens_per_rank: int, backward: bool, skew: float = 0.0):
+    """The single-process run of what `step_on_rank` does on every rank: (y, grads, info).
 
-
-def bad_input_on_rank(ctx, cfg, kind: str):
-    """Feed the layer a wrong x (for showing the error a user gets): 'shape' or 'dtype'."""
-    layer = MoELayer(cfg, ctx.group, ctx.device)
-    x = torch.zeros(4, cfg.d_model + 1) if kind == "shape" else torch.zeros(4, cfg.d_model, dtype=torch.float64)
-    return layer(x)
+    Loss (for backward) = Σ y · dL/dy + Σ aux + Σ z over the W blocks, which is what the ranks
+    backpropagate together once the router gradient is summed over them. grads holds x_grad,
+    router_grad, w_in_grad, w_out_grad (empty without backward); info is moe_forward's.
+    """
+    weights = init_weights(cfg)
+    x = make_tokens(cfg, world_size, tokens_per_rank, skew, weights[0])
+    if backward:
+        weights = [w.clone().requires_grad_() for w in weights]
+        x = x.clone().requires_grad_()
+    with torch.set_grad_enabled(backward):
+        y, info = moe_forward(x, *weights, cfg, world_size=world_size)
+        grads = {}
+        if backward:
+            loss = (y * upstream_grad(cfg, world_size, tokens_per_rank)).sum() + info["aux_loss"].sum() + info["z_loss"].sum()
+            loss.backward()
+            grads = dict(x_grad=x.grad, router_grad=weights[0].grad, w_in_grad=weights[1].grad, w_out_grad=weights[2].grad)
+    return y.detach(), grads, info

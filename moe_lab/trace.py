@@ -4,7 +4,7 @@ Each rank records its own `RankTrace` (what it chose, sent and timed); the paren
 into one `StepTrace`. That is enough to draw every figure of the chapter, the AlltoAll buffer
 layouts and any token's path, without re-running anything: figures are pure functions of it.
 
-Buffer layout (both modes), explained once:
+NOTE (layout) — buffers in both modes, explained once:
   send buffer of rank s  = expert-major: all rows for expert 0, then expert 1, ... each expert's
                            rows in slot order. Experts of rank r are r*m .. r*m+m-1 (m = E / P),
                            so expert-major is also destination-rank-major: one contiguous chunk
@@ -26,9 +26,22 @@ import numpy as np
 PHASES = ("router", "count_exchange", "dispatch", "experts", "combine")
 
 
+def buffer_rows(kept_se: np.ndarray, buffer_slots: int | None):
+    """Rows in each rank's send and receive buffer, padding included: ([P], [P]).
+
+    kept_se [P src, E] kept assignments per (source rank, expert). Ragged: exactly the kept rows
+    travel. Padded: every expert gets `buffer_slots` rows from every source, used or not, so a
+    rank sends E·S rows and receives P·m·S (m = E / P local experts).
+    """
+    P, E = kept_se.shape
+    if buffer_slots is None:
+        return kept_se.sum(1), kept_se.reshape(P, P, E // P).sum((0, 2))
+    return np.full(P, E * buffer_slots), np.full(P, E * buffer_slots)  # P·m·S = E·S
+
+
 @dataclass
 class RankTrace:
-    """One rank's part of a step. Tables are [N, k]; `expert`/`slot` are -1 where dropped."""
+    """One rank's part of a step. Tables are [N, k]; `used`/`slot` are -1 where dropped."""
 
     rank: int
     world_size: int
@@ -37,8 +50,8 @@ class RankTrace:
     d_model: int
     capacity: int | None  # slots per expert per source rank (None = dropless ragged)
     dispatch: str
-    experts: np.ndarray  # [N, k] chosen experts, best first
-    expert: np.ndarray  # [N, k] expert used (overflow may differ), -1 dropped
+    chosen: np.ndarray  # [N, k] the experts each token chose, best first
+    used: np.ndarray  # [N, k] the expert actually used (overflow may differ), -1 dropped
     slot: np.ndarray  # [N, k] slot in that expert's buffer, -1 dropped
     gates: np.ndarray  # [N, k]
     buffer_slots: int | None  # rows per expert per source in the padded buffer (None: ragged)
@@ -46,6 +59,9 @@ class RankTrace:
     times: dict  # phase -> seconds on this rank, plus "total"
     aux_loss: float
     z_loss: float
+
+    experts = property(lambda self: self.chosen, doc="deprecated alias of `chosen`")
+    expert = property(lambda self: self.used, doc="deprecated alias of `used`")
 
 
 @dataclass
@@ -63,7 +79,7 @@ class StepTrace:
     send_counts: np.ndarray  # [P, P] kept token copies rank i sends rank j at dispatch
     kept: np.ndarray  # [E] kept assignments per expert (the expert that served them)
     dropped: np.ndarray  # [E] dropped assignments per expert (the expert they chose)
-    chosen: np.ndarray  # [E] assignments that chose each expert, before capacity (f_i · N·k·P)
+    chosen_count: np.ndarray  # [E] assignments that chose each expert, before capacity (f_i · N·k·P)
     recv_tokens: np.ndarray  # [P] real token copies each rank's experts received
     send_rows: np.ndarray  # [P] rows in each rank's send buffer (padding included)
     recv_rows: np.ndarray  # [P] rows in each rank's receive buffer (padding included)
@@ -72,11 +88,14 @@ class StepTrace:
     phase_time_s: dict  # phase -> [P] seconds
     aux_loss: float  # mean over ranks
     z_loss: float
-    experts: np.ndarray  # [P, N, k] choices
-    expert: np.ndarray  # [P, N, k] expert used, -1 dropped
+    chosen: np.ndarray  # [P, N, k] the experts each token chose, best first
+    used: np.ndarray  # [P, N, k] the expert actually used, -1 dropped
     slot: np.ndarray  # [P, N, k]
     gates: np.ndarray  # [P, N, k]
     extra: dict = field(default_factory=dict)  # e.g. the config, latency measured by the parent
+
+    experts = property(lambda self: self.chosen, doc="deprecated alias of `chosen`")
+    expert = property(lambda self: self.used, doc="deprecated alias of `used`")
 
     @classmethod
     def merge(cls, parts: list[RankTrace]) -> "StepTrace":
@@ -84,27 +103,27 @@ class StepTrace:
         p0 = parts[0]
         P, E = p0.world_size, p0.num_experts
         m = E // P
-        expert = np.stack([p.expert for p in parts])  # [P, N, k]
-        experts = np.stack([p.experts for p in parts])
-        kept_se = np.stack([np.bincount(e[e >= 0], minlength=E) for e in expert.reshape(P, -1)])  # [P, E]
+        used = np.stack([p.used for p in parts])  # [P, N, k]
+        chosen = np.stack([p.chosen for p in parts])
+        kept_se = np.stack([np.bincount(e[e >= 0], minlength=E) for e in used.reshape(P, -1)])  # [P, E]
         send_counts = kept_se.reshape(P, P, m).sum(-1)  # [P src, P dst]
-        chosen = np.bincount(experts.reshape(-1), minlength=E)
-        kept_by_choice = np.bincount(experts.reshape(-1)[expert.reshape(-1) >= 0], minlength=E)
+        chosen_count = np.bincount(chosen.reshape(-1), minlength=E)
+        kept_by_choice = np.bincount(chosen.reshape(-1)[used.reshape(-1) >= 0], minlength=E)
         S = p0.buffer_slots
-        send_rows = kept_se.sum(1) if S is None else np.full(P, E * S)
-        recv_rows = send_counts.sum(0) if S is None else np.full(P, P * m * S)
+        send_rows, recv_rows = buffer_rows(kept_se, S)
         row_bytes = p0.d_model * p0.elem_bytes
         return cls(
-            world_size=P, num_experts=E, k=p0.k, tokens_per_rank=p0.expert.shape[0], d_model=p0.d_model,
+            world_size=P, num_experts=E, k=p0.k, tokens_per_rank=p0.used.shape[0], d_model=p0.d_model,
             dispatch=p0.dispatch, capacity=p0.capacity, buffer_slots=S,
-            send_counts=send_counts, kept=kept_se.sum(0), dropped=chosen - kept_by_choice, chosen=chosen,
+            send_counts=send_counts, kept=kept_se.sum(0), dropped=chosen_count - kept_by_choice,
+            chosen_count=chosen_count,
             recv_tokens=send_counts.sum(0), send_rows=send_rows, recv_rows=recv_rows,
             bytes_sent=send_rows * row_bytes,
             rank_time_s=np.array([p.times.get("total", 0.0) for p in parts]),
             phase_time_s={ph: np.array([p.times.get(ph, 0.0) for p in parts]) for ph in PHASES},
             aux_loss=float(np.mean([p.aux_loss for p in parts])),
             z_loss=float(np.mean([p.z_loss for p in parts])),
-            experts=experts, expert=expert, slot=np.stack([p.slot for p in parts]),
+            chosen=chosen, used=used, slot=np.stack([p.slot for p in parts]),
             gates=np.stack([p.gates for p in parts]),
         )
 
@@ -156,11 +175,15 @@ class StepTrace:
 
     def _holders(self, rank: int, e: int) -> list:
         """(token, j) of the assignments of `rank` kept at expert e, in slot order."""
-        t, j = np.nonzero(self.expert[rank] == e)
+        t, j = np.nonzero(self.used[rank] == e)
         order = np.argsort(self.slot[rank][t, j], kind="stable")
         return [(int(t[i]), int(j[i])) for i in order]
 
     def token_path(self, rank: int, token: int) -> list[dict]:
+        """Deprecated name of `hops` (viz.token_path is the figure)."""
+        return self.hops(rank, token)
+
+    def hops(self, rank: int, token: int) -> list[dict]:
         """The chapter's Question for one token: where each of its k copies goes and comes back.
 
         One dict per choice j: chosen expert, expert used, that expert's rank, slot, row in the
@@ -172,8 +195,8 @@ class StepTrace:
         send = {(r[3], r[4]): i for i, r in enumerate(self.send_buffer(rank)) if r[3] is not None}
         path = []
         for j in range(self.k):
-            e = int(self.expert[rank, token, j])
-            hop = dict(j=j, chosen=int(self.experts[rank, token, j]), expert=e,
+            e = int(self.used[rank, token, j])
+            hop = dict(j=j, chosen=int(self.chosen[rank, token, j]), expert=e,
                        gate=float(self.gates[rank, token, j]), dropped=e < 0)
             if e >= 0:
                 dst = self.expert_rank(e)

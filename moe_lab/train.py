@@ -5,8 +5,8 @@ cluster, so experts have something to specialise in. The router starts *collapse
 column points along μ, so every token's first choice is expert 0. With normalised top-k gates
 the task loss only ever reaches the logits of the chosen experts, so nothing pulls tokens toward
 the idle ones: without balancing the collapse stays. Three ways out, compared side by side:
-  "aux"   the auxiliary loss α · E · Σ f_i p_i (Switch / GShard),
-  "bias"  aux-loss-free balancing (DeepSeek-V3): a per-expert bias on the top-k *selection* only,
+  "aux"   the auxiliary loss α · E · Σ f_i p_i (Switch, arXiv 2101.03961; GShard, arXiv 2006.16668),
+  "bias"  aux-loss-free balancing (DeepSeek-V3, arXiv 2412.19437; Wang et al., arXiv 2408.15664): a per-expert bias on the top-k *selection* only,
           raised by γ for under-loaded experts and lowered by γ for over-loaded ones each step,
   "none"  α = 0 and no bias: the collapse stays.
 The router z-loss (cfg.z_alpha) can be switched on in any mode; it keeps logits small.
@@ -53,15 +53,16 @@ def collapsed_router(cfg: MoEConfig, mu: torch.Tensor, strength: float = 2.0):
 
 def train_step_on_rank(ctx, cfg: MoEConfig, tokens: int, balance: str, lr: float, gamma: float, step: int):
     """One training step on this rank: forward, task + balancing losses, backward through both
-    AlltoAlls, router gradient all-reduce, Adam. State (layer, optimiser) lives in ctx.cache."""
+    AlltoAlls, router gradient all-reduce, Adam. State (layer, optimiser) lives in ctx.state("train")."""
     key = ("train", cfg, tokens, balance, lr, gamma)
-    if step == 0 or key not in ctx.cache:
-        ctx.cache.pop(key, None)
+    cache = ctx.state("train")
+    if step == 0 or key not in cache:
+        cache.clear()  # one run at a time: a new run frees the last one's layer and optimiser
         parts = task(cfg)
         _, w_in, w_out = init_weights(cfg)
         layer = MoELayer(cfg, ctx.group, ctx.device).load_global_weights(collapsed_router(cfg, parts[0]), w_in, w_out)
-        ctx.cache[key] = (layer, torch.optim.Adam(layer.parameters(), lr=lr), parts)
-    layer, opt, parts = ctx.cache[key]
+        cache[key] = (layer, torch.optim.Adam(layer.parameters(), lr=lr), parts)
+    layer, opt, parts = cache[key]
     x, y_star = (t.to(ctx.device) for t in batch(cfg, parts, tokens, step, ctx.rank))
     y, trace = layer(x)
     task_loss = torch.mean((y - y_star) ** 2)
@@ -81,7 +82,7 @@ def train_step_on_rank(ctx, cfg: MoEConfig, tokens: int, balance: str, lr: float
 @torch.no_grad()
 def _update_bias(layer, trace, gamma, group):
     """Aux-loss-free balancing: bias_i += γ · sign(mean load - load_i), with the global load."""
-    load = torch.bincount(torch.as_tensor(trace.experts).reshape(-1), minlength=layer.cfg.num_experts).float()
+    load = torch.bincount(torch.as_tensor(trace.chosen).reshape(-1), minlength=layer.cfg.num_experts).float()
     dist.all_reduce(load, group=group)
     layer.select_bias += gamma * torch.sign(load.mean() - load)
 
@@ -104,7 +105,7 @@ def train(cluster, cfg: MoEConfig, steps: int = 100, tokens_per_rank: int = 256,
     for step in range(steps):
         parts = cluster.run(train_step_on_rank, cfg, tokens_per_rank, balance, lr, gamma, step)
         trace = StepTrace.merge(parts)
-        share = trace.chosen / trace.chosen.sum()
+        share = trace.chosen_count / trace.chosen_count.sum()
         yield dict(step=step, load_share=share.tolist(), max_over_mean=float(share.max() * len(share)),
                    dropped_share=trace.dropped_share, aux_loss=trace.aux_loss,
                    task_loss=sum(p.times["task_loss"] for p in parts) / len(parts), balance=balance)

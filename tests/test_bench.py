@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from moe_lab import bench_fairscale
-from moe_lab.bench_suite import SECTIONS, BenchContext, parse_sections
+from benchmarks import fairscale_peer as bench_fairscale
+from benchmarks.suite import SECTIONS, BenchContext, parse_sections
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -9,10 +9,10 @@ import itertools
 import pytest
 import torch
 
-from moe_lab import MoEConfig, reference
+from moe_lab import MoEConfig
 from moe_lab.cluster import Cluster
-from moe_lab.step import step_many
-from moe_lab.workload import init_weights, make_tokens, upstream_grad
+from moe_lab.step import reference_step
+from rank_fns import step_many
 
 N = 16  # tokens per rank: small, so capacities of 1-4 slots make drops and overflows common
 
@@ -23,15 +23,6 @@ def configs(P, dispatch, policy):
         if k <= E:
             yield MoEConfig(num_experts=E, k=k, capacity_factor=cf, policy=policy, priority=priority,
                             dispatch=dispatch, aux_alpha=0.01, z_alpha=0.001, seed=E * 10 + k), skew
-
-
-def reference_step(cfg, P, skew):
-    router_w, w_in, w_out = (w.requires_grad_() for w in init_weights(cfg))
-    x = make_tokens(cfg, P, N, skew, router_w.detach()).requires_grad_()
-    y, info = reference.moe_forward(x, router_w, w_in, w_out, cfg, world_size=P)
-    loss = (y * upstream_grad(cfg, P, N)).sum() + info["aux_loss"].sum() + info["z_loss"].sum()
-    loss.backward()
-    return y.detach(), dict(x_grad=x.grad, router_grad=router_w.grad, w_in_grad=w_in.grad, w_out_grad=w_out.grad), info
 
 
 @pytest.fixture(scope="module", params=[1, 2, 4, 8])
@@ -49,7 +40,7 @@ def test_distributed_equals_reference(cluster, dispatch, policy):
     dropped_any = 0
     for i, (cfg, skew) in enumerate(cases):
         parts = [results[r][i] for r in range(P)]
-        y_ref, grads_ref, info = reference_step(cfg, P, skew)
+        y_ref, grads_ref, info = reference_step(cfg, P, N, True, skew)
         where = f"{cfg} skew={skew}"
         y = torch.cat([t["y"] for _, t in parts])
         torch.testing.assert_close(y, y_ref, rtol=0, atol=1e-5, msg=lambda m: f"output differs: {where}\n{m}")
@@ -60,7 +51,7 @@ def test_distributed_equals_reference(cluster, dispatch, policy):
             torch.testing.assert_close(got[name], ref, rtol=1e-4, atol=1e-5,
                                        msg=lambda m: f"{name} differs: {where}\n{m}")
         # every rank's routing tables are the reference's, token for token
-        for key in ("expert", "slot"):
+        for key in ("used", "slot"):
             ours = torch.cat([torch.from_numpy(getattr(tr, key)) for tr, _ in parts])
             assert torch.equal(ours, info[key]), f"{key} differs: {where}"
         dropped_any += int(info["dropped"].sum())

@@ -17,7 +17,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from moe_lab import exercise_gen as gen
+from moe_lab.grading import generate as gen
 from moe_lab import grading
 
 REPO = Path(__file__).resolve().parents[1]

@@ -21,8 +21,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from moe_lab import exercise_gen as gen
+from moe_lab.grading import generate as gen
 from moe_lab import grading
+from moe_lab.grading import grader
 
 REPO = Path(__file__).resolve().parents[1]
 SOLUTIONS = REPO / "solutions"
@@ -342,10 +343,10 @@ def test_grading_works_inside_a_running_event_loop(tmp_path):
     from moe_lab import grading
 
     sub = tmp_path / "ex1_top_k_gating.ipynb"
-    shutil.copy(grading._REPO / "solutions" / "ex1_top_k_gating.ipynb", sub)
+    shutil.copy(grader._REPO / "solutions" / "ex1_top_k_gating.ipynb", sub)
 
     async def inside_a_loop():
-        return grading.grade([sub], grading._REPO / "solutions", cell_timeout=60)
+        return grading.grade([sub], grader._REPO / "solutions", cell_timeout=60)
 
     import concurrent.futures
 

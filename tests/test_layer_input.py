@@ -3,7 +3,7 @@ import pytest
 
 from moe_lab import MoEConfig
 from moe_lab.cluster import Cluster, RankError
-from moe_lab.step import bad_input_on_rank
+from rank_fns import bad_input_on_rank
 
 
 @pytest.mark.parametrize("kind, words", [("shape", "must be a [N, d_model=64] tensor"), ("dtype", "dtype torch.float64")])

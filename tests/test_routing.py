@@ -85,7 +85,11 @@ def test_k1_gate_is_the_router_probability_not_one():
 def test_capacity_formula_and_why_k_belongs_in_it():
     assert routing.capacity(512, 8, 1.25) == 80  # the chapter's ceil(cf · N / P)
     assert routing.capacity(512, 8, 1.25, k=2) == 160
-    assert routing.capacity(500, 10, 1.1, k=2) == 110  # no float round-up to 111
+    assert routing.capacity(500, 10, 1.1, k=2) == 110
+    # 0.1 * 3 * 10 / 1 is 3.0000000000000004 in floating point: ceil would give 4 slots for 3 tokens' worth
+    assert 0.1 * 3 * 10 / 1 > 3
+    assert routing.capacity(10, 1, 0.1, k=3) == 3
+    assert routing.capacity(100, 1, 0.2, k=3) == 60  # 60.00000000000001
     assert routing.capacity(10, 8, 1.0) == 2
     assert routing.capacity(10, 8, None) is None
     # perfectly balanced top-2 routing: 8 tokens, 4 experts, each expert chosen 4 times
@@ -141,6 +145,19 @@ def test_aux_loss_is_alpha_when_routing_is_uniform():
     probs = torch.full((16, E), 1 / E)
     experts = torch.arange(16).remainder(E).unsqueeze(1)
     assert math.isclose(routing.aux_loss(probs, experts, alpha).item(), alpha, rel_tol=1e-6)
+
+
+def test_aux_loss_value_with_k2_counts_f_over_all_N_k_assignments():
+    """f_i is a share of the N·k assignments: with k = 2 uniform routing still gives exactly α,
+    and a hand-computed skewed case gives α · E · Σ f_i p_i with f summing to 1."""
+    E, alpha, N = 4, 0.1, 8
+    probs = torch.full((N, E), 1 / E)
+    chosen = torch.tensor([[0, 1], [2, 3]] * (N // 2))  # every expert chosen N·k/E = 4 times
+    assert math.isclose(routing.aux_loss(probs, chosen, alpha).item(), alpha, rel_tol=1e-6)
+    probs = torch.tensor([[0.4, 0.3, 0.2, 0.1]] * N)
+    chosen = torch.tensor([[0, 1]] * N)  # f = [0.5, 0.5, 0, 0] (16 assignments), p = probs[0]
+    expected = alpha * E * (0.5 * 0.4 + 0.5 * 0.3)
+    assert math.isclose(routing.aux_loss(probs, chosen, alpha).item(), expected, rel_tol=1e-6)
 
 
 def test_aux_loss_is_alpha_times_P_when_routing_collapses():

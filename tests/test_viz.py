@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from moe_lab import MoEConfig, viz
-from moe_lab.viz_path import _circle
+from moe_lab.viz.path import _circle
 from trace_factory import chapter_question_trace, make_trace, tiny_trace, two_choice_trace
 
 SEND, RECV, DROP = 0, 1, 2  # heatmap rows of an alltoall_buffers panel
@@ -105,7 +105,7 @@ def _cells(fig, row, value=None):
     out = []
     for hm in fig.data:
         z = np.asarray(hm.z, float)[row]
-        filled = ~np.isnan(z) & (z != viz.EMPTY)  # EMPTY: past the end of that buffer
+        filled = ~np.isnan(z) & (z != viz.step.EMPTY)  # EMPTY: past the end of that buffer
         out.append(int(np.sum(filled)) if value is None else int(np.sum(z == value)))
     return out
 
@@ -123,7 +123,7 @@ def test_buffer_rows_have_the_traces_lengths(trace):
     fig = viz.alltoall_buffers(trace)
     assert _cells(fig, SEND) == list(trace.send_rows)
     assert _cells(fig, RECV) == list(trace.recv_rows)
-    assert _cells(fig, DROP) == [int((trace.expert[r] < 0).sum()) for r in range(trace.world_size)]
+    assert _cells(fig, DROP) == [int((trace.used[r] < 0).sum()) for r in range(trace.world_size)]
     assert sum(_cells(fig, DROP)) == trace.dropped.sum()
 
 
@@ -185,7 +185,7 @@ def test_token_reaches_gpus_3_and_7_and_returns():
 
 def test_token_path_names_every_expert_gpu(trace):
     for rank in range(trace.world_size):
-        path = trace.token_path(rank, 0)
+        path = trace.hops(rank, 0)
         title = viz.token_path(trace, rank, 0).layout.title.text
         for hop in path:
             if not hop["dropped"]:
@@ -255,7 +255,7 @@ def test_record_from_trace_follows_the_schema():
     rec = viz.record_from_trace(3, trace, task_loss=0.5)
     assert set(rec) == set(viz.HISTORY_FIELDS)
     assert sum(rec["load_share"]) == pytest.approx(1.0)
-    assert rec["max_over_mean"] == pytest.approx(8 * trace.chosen.max() / trace.chosen.sum())
+    assert rec["max_over_mean"] == pytest.approx(8 * trace.chosen_count.max() / trace.chosen_count.sum())
     assert rec["dropped_share"] == trace.dropped_share
 
 
@@ -271,22 +271,36 @@ def test_compare_runs_overlays_one_line_per_run():
 def test_figures_need_no_torch():
     """Figures read numpy arrays only: a trace can be drawn where torch is not installed."""
     root = Path(viz.__file__).parent
-    for name in ("viz", "viz_path", "viz_training", "trace"):
-        tree = ast.parse((root / f"{name}.py").read_text())
+    files = sorted(root.glob("*.py")) + [root.parent / "trace.py"]
+    assert len(files) >= 6
+    for path in files:
+        name = path.name
+        tree = ast.parse(path.read_text())
         imported = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
         imported += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
         assert not [m for m in imported if m.split(".")[0] == "torch"], (name, imported)
 
 
-def test_figures_travel_to_a_widget_as_strict_json(trace):
-    """FigureWidget messages are JSON; a NaN would be rejected by the browser (None is a gap)."""
+def _strict_json(fig) -> str:
     import json
 
     from plotly.serializers import _py_to_js
 
+    return json.dumps([_py_to_js(t.to_plotly_json(), None) for t in fig.data], allow_nan=False, default=lambda o: None)
+
+
+def test_figures_travel_to_a_widget_as_strict_json(trace):
+    """FigureWidget messages are JSON; a NaN would be rejected by the browser (None is a gap)."""
     figs = [viz.alltoall_buffers(trace), viz.traffic_matrix(trace), viz.per_gpu_load(trace),
             viz.dropped_tokens(trace), viz.stragglers(trace), viz.token_path(trace, 0, 0),
             viz.training_curves(_history()), viz.training_curves([], num_experts=4)]
     for fig in figs:
-        for t in fig.data:
-            json.dumps(_py_to_js(t.to_plotly_json(), None), allow_nan=False, default=lambda o: None)
+        assert fig.data, f"{fig.layout.title.text!r} has no traces"
+        assert _strict_json(fig).startswith("[{")
+
+
+def test_the_strict_json_check_rejects_a_nan():
+    import plotly.graph_objects as go
+
+    with pytest.raises(ValueError):
+        _strict_json(go.Figure(go.Bar(x=[0, 1], y=[1.0, float("nan")])))

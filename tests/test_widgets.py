@@ -208,7 +208,7 @@ def test_token_tracer_shows_the_chapter_question():
 def test_token_tracer_follows_the_playground(pg):
     tracer = TokenTracer(pg, rank=1, token=5)
     pg.sliders["skew"].value = 1.0
-    path = pg.trace.token_path(1, 5)
+    path = pg.trace.hops(1, 5)
     title = tracer.figures["path"].layout.title.text
     for hop in path:
         if not hop["dropped"]:

@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from moe_lab.config import MoEConfig
-from moe_lab.reference import route_block
-from moe_lab.trace import RankTrace, StepTrace
+from moe_lab.routing import route_block
+from moe_lab.trace import RankTrace, StepTrace, buffer_rows
 from moe_lab.workload import init_weights, make_tokens
 
 
@@ -32,9 +32,8 @@ def make_trace(cfg: MoEConfig, world_size: int, tokens_per_rank: int, skew: floa
     slots = (C if C is not None else N) if padded else None
 
     # rows moved per rank, to make the fake times follow the real work
-    kept_se = np.stack([np.bincount(_np(b["expert"])[_np(b["expert"]) >= 0], minlength=E) for b in blocks])  # [P, E]
-    send_rows = kept_se.sum(1) if slots is None else np.full(P, E * slots)
-    recv_rows = kept_se.reshape(P, P, m).sum(-1).sum(0) if slots is None else np.full(P, P * m * slots)
+    kept_se = np.stack([np.bincount(_np(b["used"])[_np(b["used"]) >= 0], minlength=E) for b in blocks])  # [P, E]
+    send_rows, recv_rows = buffer_rows(kept_se, slots)
     recv_real = kept_se.reshape(P, P, m).sum(-1).sum(0)  # [P] experts compute only real rows
 
     parts = []
@@ -42,7 +41,7 @@ def make_trace(cfg: MoEConfig, world_size: int, tokens_per_rank: int, skew: floa
         times = _fake_times(N, int(send_rows[r]), int(recv_rows[r]), int(recv_real[r]), padded)
         parts.append(RankTrace(
             rank=r, world_size=P, num_experts=E, k=cfg.k, d_model=cfg.d_model, capacity=C,
-            dispatch=cfg.dispatch, experts=_np(b["experts"]), expert=_np(b["expert"]), slot=_np(b["slot"]),
+            dispatch=cfg.dispatch, chosen=_np(b["chosen"]), used=_np(b["used"]), slot=_np(b["slot"]),
             gates=_np(b["gates"]).astype(np.float32), buffer_slots=slots, elem_bytes=4, times=times,
             aux_loss=float(b["aux_loss"]), z_loss=float(b["z_loss"]),
         ))
@@ -90,7 +89,7 @@ def tiny_trace(dispatch: str = "ragged") -> StepTrace:
     ]
     parts = [
         RankTrace(rank=r, world_size=2, num_experts=2, k=1, d_model=4, capacity=3, dispatch=dispatch,
-                  experts=choices[r][:, None], expert=expert[r][:, None], slot=slot[r][:, None],
+                  chosen=choices[r][:, None], used=expert[r][:, None], slot=slot[r][:, None],
                   gates=np.ones((5, 1), np.float32), buffer_slots=3 if dispatch == "padded" else None,
                   elem_bytes=4, times=times[r], aux_loss=0.01 + 0.002 * r, z_loss=0.0)
         for r in range(2)
@@ -121,7 +120,7 @@ def two_choice_trace() -> StepTrace:
     t = dict(router=0.001, count_exchange=0.001, dispatch=0.001, experts=0.001, combine=0.001, total=0.005)
     parts = [
         RankTrace(rank=r, world_size=2, num_experts=4, k=2, d_model=4, capacity=None, dispatch="ragged",
-                  experts=choices[r], expert=choices[r].copy(), slot=slots[r], gates=gates,
+                  chosen=choices[r], used=choices[r].copy(), slot=slots[r], gates=gates,
                   buffer_slots=None, elem_bytes=4, times=t, aux_loss=0.01, z_loss=0.0)
         for r in range(2)
     ]
@@ -138,7 +137,7 @@ def chapter_question_trace() -> StepTrace:
         choices = np.array([[(r + 3) % P, (r + 7) % P], [r, (r + 1) % P]])  # [N=2, k=2]
         parts.append(RankTrace(
             rank=r, world_size=P, num_experts=P, k=2, d_model=4, capacity=None, dispatch="ragged",
-            experts=choices, expert=choices.copy(), slot=np.zeros_like(choices),
+            chosen=choices, used=choices.copy(), slot=np.zeros_like(choices),
             gates=np.array([[0.75, 0.25], [0.5, 0.5]], np.float32), buffer_slots=None, elem_bytes=4,
             times=dict(router=1e-3, count_exchange=1e-3, dispatch=1e-3, experts=1e-3, combine=1e-3, total=5e-3),
             aux_loss=0.01, z_loss=0.0))

@@ -13,9 +13,9 @@ import time
 import numpy as np
 import torch
 
-from .bench_common import check, phase_stats, ratio, record, trace_matches_reference, verify_step
-from .config import MoEConfig
-from .trace import PHASES
+from .common import check, phase_stats, ratio, record, trace_matches_reference, verify_step
+from moe_lab.config import MoEConfig
+from moe_lab.trace import PHASES
 
 STEP_TOKENS = 512
 FLOOR_SIZES = (512, 2048, 8192)
@@ -34,7 +34,7 @@ def _interleave(rep: int, items):
 
 # ---- interactivity --------------------------------------------------------------------------------
 def section_interactivity(bc) -> dict:
-    from .cluster import Cluster
+    from moe_lab.cluster import Cluster
 
     P, N = bc.world_size, STEP_TOKENS
     cfg = base_config(P)
@@ -103,8 +103,10 @@ def _spawn_once(P: int, cfg, N: int, check_result: bool = False):
 
     import torch.multiprocessing as tmp
 
-    from .bench_common import reference_step, rel_err
-    from .bench_ranks import spawned_step
+    from moe_lab.step import reference_step
+
+    from .common import rel_err
+    from .ranks import spawned_step
 
     work = tempfile.mkdtemp(prefix="moe_lab_spawn_")
     try:
@@ -133,7 +135,7 @@ def _figure_state(pg) -> list:
 def _playground(bc, cfg, N, bar) -> dict:
     """Set the skew slider of a real Playground headless; time until its FigureWidgets are redrawn."""
     try:
-        from .widgets import Playground
+        from moe_lab.widgets import Playground
     except Exception as e:  # noqa: BLE001 - no ipywidgets / plotly: say so and go on
         return dict(status="skipped", notes=[f"Playground not measured: widgets not importable ({e})"])
     pg = Playground(bc.cluster, cfg=cfg, tokens_per_rank=N, skew=0.0)
@@ -167,8 +169,8 @@ def _playground(bc, cfg, N, bar) -> dict:
 # ---- floor: 8 ranks against one process doing the same work ----------------------------------------
 def _reference_runner(cfg, P, N):
     """A callable running the single-process reference on all P*N tokens, as the ranks do (grad on)."""
-    from .reference import moe_forward
-    from .workload import init_weights, make_tokens, upstream_grad
+    from moe_lab.reference import moe_forward
+    from moe_lab.workload import init_weights, make_tokens, upstream_grad
 
     weights = [w.clone().requires_grad_() for w in init_weights(cfg)]
     x0 = make_tokens(cfg, P, N, 0.0, weights[0].detach())
@@ -187,7 +189,7 @@ def _reference_runner(cfg, P, N):
 
 
 def section_floor(bc) -> dict:
-    from .bench_common import cores
+    from .common import cores
 
     P, cluster = bc.world_size, bc.cluster
     cfg = base_config(P)

@@ -1,4 +1,4 @@
-"""`python -m moe_lab bench`: the performance suite (the code lives in moe_lab/bench_suite.py)."""
+"""`python -m moe_lab bench` and `python benchmarks/run.py`: the command line of the performance suite."""
 from __future__ import annotations
 
 import argparse
@@ -6,7 +6,7 @@ import sys
 
 
 def add_parser(sub):
-    from .bench_suite import SECTIONS
+    from .suite import SECTIONS
 
     p = sub.add_parser("bench", help="time the layer against respawning, one process, padding, fairscale and gloo",
                        description="Side-by-side timings, each contender checked against the single-process "
@@ -21,7 +21,7 @@ def add_parser(sub):
 
 
 def run_bench(args) -> int:
-    from .bench_suite import exit_code, parse_sections, run_suite
+    from .suite import exit_code, parse_sections, run_suite
 
     parse_sections(args.sections)  # a bad name fails before anything starts
     result = run_suite(quick=args.quick, out_dir=args.out, world_size=args.world_size, sections=args.sections)

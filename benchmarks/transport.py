@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import time
 
-from .bench_common import check, ratio, record, verify_step
-from .bench_ranks import transport_check, transport_probe
-from .bench_sections import _interleave, base_config
+from .common import check, ratio, record, verify_step
+from .ranks import transport_check, transport_probe
+from .sections import _interleave, base_config
 
 SIZES = (2048, 8192)
 D, K, BYTES = 64, 2, 4

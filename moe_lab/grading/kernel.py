@@ -1,6 +1,6 @@
 """Running one assembled notebook in a fresh kernel, with a time limit per cell and per notebook.
 
-The grader (moe_lab/grading.py) decides what a verdict is worth; this module only produces the
+The grader (moe_lab/grading/grader.py) decides what a verdict is worth; this module only produces the
 verdicts, one per code cell that got one:
 
     ("ok", "")               the cell ran and its reply carried no error
@@ -24,7 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-_REPO = Path(__file__).resolve().parent.parent
+from ..paths import repo_root
+
 TIMEOUT_ENAME = "GradingTimeout"  # ename of a cell cut off by the grader
 _quiet = logging.getLogger("moe_lab.grading.kernel")
 _quiet.addHandler(logging.NullHandler())
@@ -35,8 +36,9 @@ _quiet.propagate = False
 def kernel_env() -> dict:
     """The grader's environment, with this copy of moe_lab importable in the kernel."""
     env = dict(os.environ)
-    if (_REPO / "moe_lab" / "__init__.py").exists() and _REPO.name not in ("site-packages", "dist-packages"):
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO), env.get("PYTHONPATH")) if p)
+    root = repo_root()
+    if root is not None:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
     env.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
     return env
 

@@ -14,12 +14,13 @@ import math
 import numpy as np
 import plotly.graph_objects as go
 
-from .trace import StepTrace
+from ..trace import StepTrace
+from .style import DROPPED_COLOR, expert_colors, gpu_label
 
 
 def describe_token_path(trace: StepTrace, rank: int, token: int) -> str:
     """The token's trip in words, one line per choice, ending with y = Σ g_i · E_i(x)."""
-    path = trace.token_path(rank, token)
+    path = trace.hops(rank, token)
     lines = [f"Token {token} on GPU {rank} (k = {trace.k}):"]
     terms = []
     for hop in path:
@@ -41,10 +42,9 @@ def describe_token_path(trace: StepTrace, rank: int, token: int) -> str:
 
 def token_path(trace: StepTrace, rank: int, token: int) -> go.Figure:
     """One token's trip from its home GPU to the GPUs holding its experts and back."""
-    from .viz import DROPPED_COLOR, expert_colors, gpu_label  # late import: viz re-exports this module
 
     P, m = trace.world_size, trace.experts_per_rank
-    path = trace.token_path(rank, token)
+    path = trace.hops(rank, token)
     colors = expert_colors(trace.num_experts)
     pos = _circle(P)  # [P, 2]
     targets = {hop["expert_rank"] for hop in path if not hop["dropped"]}

@@ -9,35 +9,15 @@ Words follow the chapter: P GPUs (ranks), experts E_i, capacity C, tokens N per 
     per_gpu_load       how many tokens land on each GPU, against the capacity?
     dropped_tokens     which experts dropped tokens, and what share of all assignments?
     stragglers         which GPU is slowest, and in which phase? (the step waits for it)
-    token_path         the chapter's Question: one token's trip to its experts' GPUs and back
-                       (in `viz_path.py`, re-exported here)
-    training_curves    load balance over training steps (in `viz_training.py`, re-exported here)
 """
 from __future__ import annotations
 
 import numpy as np
 import plotly.graph_objects as go
-from plotly.colors import qualitative
 
-from .trace import PHASES, StepTrace
-
-PADDING_COLOR = "#c9c9c9"  # wasted rows of a padded buffer
-DROPPED_COLOR = "#d62728"
-KEPT_COLOR = "#1f77b4"
-PHASE_COLORS = dict(router="#9467bd", count_exchange="#bcbd22", dispatch="#ff7f0e", experts="#2ca02c",
-                    combine="#17becf", other="#c9c9c9")
-HOVER_CELL_LIMIT = 12_000  # per-cell hover text above this costs more to redraw than it helps
-
-
-def gpu_label(r: int) -> str:
-    return f"GPU {r}"
-
-
-def expert_colors(num_experts: int) -> list[str]:
-    """One colour per expert E_i, the same in every figure of the course."""
-    palette = qualitative.Plotly if num_experts <= 10 else qualitative.Alphabet
-    return [palette[i % len(palette)] for i in range(num_experts)]
-
+from ..trace import PHASES, StepTrace
+from .style import (DROPPED_COLOR, HOVER_CELL_LIMIT, KEPT_COLOR, PADDING_COLOR, PHASE_COLORS, expert_colors,
+                    gpu_label)
 
 # ---- AlltoAll buffers ------------------------------------------------------------------------
 
@@ -57,12 +37,12 @@ def alltoall_buffers(trace: StepTrace) -> go.Figure:
     """
     P, E = trace.world_size, trace.num_experts
     buffers = [(trace.send_buffer(r), trace.recv_buffer(r)) for r in range(P)]  # rows, as trace.py lays them out
-    width = max(1, max(max(len(s), len(rv), int((trace.expert[r] < 0).sum())) for r, (s, rv) in enumerate(buffers)))
+    width = max(1, max(max(len(s), len(rv), int((trace.used[r] < 0).sum())) for r, (s, rv) in enumerate(buffers)))
     hover = P * len(BUFFER_ROWS) * width <= HOVER_CELL_LIMIT
     sides = [_buffer_cells(trace, r, *buffers[r], hover) for r in range(P)]  # per rank: 3 lists of (value, hover)
     titles = []
     for r in range(P):
-        n_drop = int((trace.expert[r] < 0).sum())
+        n_drop = int((trace.used[r] < 0).sum())
         real = f" ({int(trace.recv_tokens[r])} real)" if trace.buffer_slots is not None else ""
         titles.append(f"{gpu_label(r)}: sends {int(trace.send_rows[r])} rows, receives {int(trace.recv_rows[r])}"
                       f"{real}, dropped {n_drop}")
@@ -118,17 +98,17 @@ def _stacked_panels(titles: list[str], spacing: float) -> dict:
 def _buffer_cells(trace: StepTrace, r: int, send_rows: list, recv_rows: list, hover: bool = True) -> list[list[tuple]]:
     """Rank r's send rows, receive rows and dropped assignments as (colour value, hover text)."""
     if not hover:  # values only: formatting tens of thousands of strings is most of a redraw
-        t_d, j_d = np.nonzero(trace.expert[r] < 0)
+        t_d, j_d = np.nonzero(trace.used[r] < 0)
         return [[(e if t is not None else -1, "") for _, e, _, t, _ in send_rows],
                 [(e if t is not None else -1, "") for _, e, _, t, _ in recv_rows],
-                [(e, "") for e in trace.experts[r][t_d, j_d].tolist()]]
+                [(e, "") for e in trace.chosen[r][t_d, j_d].tolist()]]
     send = [(e, f"token {t} (choice {j}) → {gpu_label(d)}, E{e} slot {s}") if t is not None
             else (-1, f"padding → {gpu_label(d)}, E{e} slot {s} (wasted)") for d, e, s, t, j in send_rows]
     recv = [(e, f"from {gpu_label(src)}: token {t} (choice {j}), E{e} slot {s}") if t is not None
             else (-1, f"padding from {gpu_label(src)}, E{e} slot {s} (wasted)")
             for src, e, s, t, j in recv_rows]
-    t_d, j_d = np.nonzero(trace.expert[r] < 0)
-    wanted = trace.experts[r][t_d, j_d].tolist()
+    t_d, j_d = np.nonzero(trace.used[r] < 0)
+    wanted = trace.chosen[r][t_d, j_d].tolist()
     drop = [(e, f"token {t} (choice {j}) wanted E{e}: dropped, contributes 0")
             for t, j, e in zip(t_d.tolist(), j_d.tolist(), wanted)]
     return [send, recv, drop]
@@ -260,8 +240,6 @@ def stragglers(trace: StepTrace) -> go.Figure:
     return fig
 
 
-from .viz_path import describe_token_path, token_path  # noqa: E402  (re-exported)
-from .viz_training import HISTORY_FIELDS, compare_runs, record_from_trace, training_curves  # noqa: E402
 
 __all__ = ["alltoall_buffers", "traffic_matrix", "per_gpu_load", "dropped_tokens", "stragglers", "token_path",
            "describe_token_path", "training_curves", "compare_runs", "record_from_trace", "HISTORY_FIELDS",

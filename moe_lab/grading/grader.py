@@ -10,8 +10,8 @@ assembled notebook runs top to bottom in a fresh kernel, with a limit per cell a
     kernel died (os._exit, SIGKILL)   -> 0 for that cell and every cell after it
 
 Printed text counts for nothing: a cell passes on the kernel's execute reply and the absence of
-error outputs, never on what it prints. Running the kernel is moe_lab/grade_kernel.py's job;
-building the notebooks (student copies, the assembled one) is moe_lab/exercise_gen.py's.
+error outputs, never on what it prints. Running the kernel is moe_lab/grading/kernel.py's job;
+building the notebooks (student copies, the assembled one) is moe_lab/grading/generate.py's.
 
     python -m moe_lab grade submissions/ --out scores.csv
     python -m moe_lab make-exercises [--check]
@@ -24,12 +24,13 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import exercise_gen as gen
-from .grade_kernel import run_notebook
+from ..paths import repo_root
+from . import generate as gen
+from .kernel import run_notebook
 
 DEFAULT_CELL_TIMEOUT = 60.0
 DEFAULT_NOTEBOOK_TIMEOUT = 600.0
-_REPO = Path(__file__).resolve().parent.parent
+_REPO = repo_root() or Path.cwd()
 
 
 @dataclass

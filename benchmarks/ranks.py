@@ -38,11 +38,12 @@ def rss_bytes() -> dict:
 # ---- transport: what the wire and the memory can do, without any MoE logic -------------------
 def _transport_buffers(ctx, rows: int, d: int):
     key = ("bench_transport", rows, d)
-    if key not in ctx.cache:
+    cache = ctx.state("bench.transport")
+    if key not in cache:
         # Row i of rank r holds the value r * rows + i: after the exchange every row says where it came from.
         src = (ctx.rank * rows + torch.arange(rows, dtype=torch.float32)).unsqueeze(1).repeat(1, d).contiguous()
-        ctx.cache[key] = (src, torch.empty_like(src))
-    return ctx.cache[key]
+        cache[key] = (src, torch.empty_like(src))
+    return cache[key]
 
 
 def transport_probe(ctx, rows: int, d: int, what: str) -> float:
@@ -81,9 +82,9 @@ def spawned_step(rank: int, world_size: int, init_file: str, out_dir: str, cfg, 
     import os
     from datetime import timedelta
 
-    from .bench_common import cores
-    from .cluster import RankContext
-    from .step import step_on_rank
+    from .common import cores
+    from moe_lab.cluster import RankContext
+    from moe_lab.step import step_on_rank
 
     torch.set_num_threads(max(1, cores() // world_size))  # the same thread rule as Cluster's ranks
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size,

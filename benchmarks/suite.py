@@ -19,7 +19,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .bench_common import check, load_average, machine_info, record
+from .common import check, load_average, machine_info, record
 
 SECTIONS = ("startup", "interactivity", "floor", "ragged_vs_padded", "peer", "transport", "course")
 
@@ -36,7 +36,7 @@ class BenchContext:
     @property
     def cluster(self):
         if self._cluster is None:
-            from .cluster import Cluster
+            from moe_lab.cluster import Cluster
 
             self._cluster = Cluster(self.world_size, timeout=self.cluster_timeout)
         return self._cluster
@@ -83,10 +83,10 @@ def section_course(bc) -> dict:
 
 
 def _sections():
-    from .bench_fairscale import section_peer
-    from .bench_sections import section_floor, section_interactivity, section_ragged_vs_padded
-    from .bench_startup import section_startup
-    from .bench_transport import section_transport
+    from .fairscale_peer import section_peer
+    from .sections import section_floor, section_interactivity, section_ragged_vs_padded
+    from .startup import section_startup
+    from .transport import section_transport
 
     return dict(startup=section_startup, interactivity=section_interactivity, floor=section_floor,
                 ragged_vs_padded=section_ragged_vs_padded, peer=section_peer, transport=section_transport,
@@ -110,8 +110,8 @@ def output_stem(quick: bool, world_size: int) -> str:
 def run_suite(quick: bool = False, out_dir="benchmarks/results", world_size: int = 8, sections=None,
               echo=print) -> dict:
     """Run the chosen sections; write JSON (and the figure) to out_dir; return the result dict."""
-    from .bench_report import evaluate_targets, figure, render
-    from .config import check_world_size
+    from .report import evaluate_targets, figure, render
+    from moe_lab.config import check_world_size
 
     check_world_size(world_size)
     names = parse_sections(sections) if not isinstance(sections, (list, tuple)) else parse_sections(",".join(sections))
@@ -189,14 +189,3 @@ def _jsonable(o):
 def exit_code(result: dict) -> int:
     """0 when every section ran and every contender matched the reference, else 1."""
     return 0 if result["all_matched"] and not result["errors"] else 1
-
-
-def main(argv=None) -> int:
-    from .bench import main as cli_main
-
-    return cli_main(argv)
-
-
-if __name__ == "__main__":
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    sys.exit(main())

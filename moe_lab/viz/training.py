@@ -20,14 +20,15 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
-from .trace import StepTrace
+from ..trace import StepTrace
+from .style import DROPPED_COLOR, expert_colors
 
 HISTORY_FIELDS = ("step", "load_share", "max_over_mean", "dropped_share", "aux_loss", "task_loss")
 
 
 def record_from_trace(step: int, trace: StepTrace, task_loss: float | None = None) -> dict:
     """One history record from the trace of a training step (f_i counted before capacity)."""
-    chosen = np.asarray(trace.chosen, float)  # [E] assignments that chose each expert
+    chosen = np.asarray(trace.chosen_count, float)  # [E] assignments that chose each expert
     share = chosen / max(chosen.sum(), 1.0)
     return dict(step=int(step), load_share=share.tolist(), max_over_mean=float(share.max() * len(share)),
                 dropped_share=trace.dropped_share, aux_loss=float(trace.aux_loss),
@@ -54,7 +55,6 @@ def _column(history, name) -> list:
 def training_curves(history, num_experts: int | None = None) -> go.Figure:
     """Per-expert load share (stacked: a collapse is one colour taking over), max/mean load,
     dropped share, aux loss and task loss, all against the training step."""
-    from .viz import DROPPED_COLOR, expert_colors  # late import: viz re-exports this module
 
     history = list(history)
     steps = [int(_get(rec, "step")) for rec in history]

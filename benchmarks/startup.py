@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from .bench_common import record
+from .common import record
 
 MARK = "BENCH_STARTUP_RESULT "
 CHECK_TOKENS = 64
@@ -32,8 +32,8 @@ def _child(world_size: int, t0: float) -> dict:
     from moe_lab.cluster import Cluster
 
     t1 = time.perf_counter()
-    from moe_lab.bench_common import verify_step  # the check's own imports stay out of both timings
-    from moe_lab.bench_fairscale import peer_config
+    from benchmarks.common import verify_step  # the check's own imports stay out of both timings
+    from benchmarks.fairscale_peer import peer_config
 
     t_start = time.perf_counter()
     cluster = Cluster(world_size, timeout=120)
@@ -57,7 +57,7 @@ def _run_child(world_size: int, timeout: float = 300.0) -> dict:
     root = str(Path(__file__).resolve().parent.parent)
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
     code = ("import time; t0 = time.perf_counter(); import json\n"
-            "from moe_lab.bench_startup import MARK, _child\n"
+            "from benchmarks.startup import MARK, _child\n"
             f"print(MARK + json.dumps(_child({int(world_size)}, t0)), flush=True)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=timeout, cwd=root)
     for line in out.stdout.splitlines():

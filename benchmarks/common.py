@@ -101,37 +101,11 @@ def check(errors: dict, tol: float = TOLERANCE) -> dict:
     return dict(matched_reference=bool(worst <= tol), max_err=float(worst), errors={k: float(v) for k, v in errors.items()})
 
 
-def reference_step(cfg, world_size: int, tokens_per_rank: int, backward: bool, skew: float = 0.0):
-    """The single-process run of what `step_on_rank` does on every rank: y, grads and routing.
-
-    Loss (for backward) = Σ y · dL/dy + Σ aux + Σ z over the W blocks, which is what the ranks
-    backpropagate together once the router gradient is summed over them.
-    """
-    import torch
-
-    from .reference import moe_forward
-    from .workload import init_weights, make_tokens, upstream_grad
-
-    weights = init_weights(cfg)
-    x = make_tokens(cfg, world_size, tokens_per_rank, skew, weights[0])
-    if backward:
-        weights = [w.clone().requires_grad_() for w in weights]
-        x = x.clone().requires_grad_()
-    with torch.set_grad_enabled(backward):
-        y, info = moe_forward(x, *weights, cfg, world_size=world_size)
-        grads = {}
-        if backward:
-            loss = (y * upstream_grad(cfg, world_size, tokens_per_rank)).sum() + info["aux_loss"].sum() + info["z_loss"].sum()
-            loss.backward()
-            grads = dict(x_grad=x.grad, router_grad=weights[0].grad, w_in_grad=weights[1].grad, w_out_grad=weights[2].grad)
-    return y.detach(), grads, info
-
-
 def verify_step(cluster, cfg, tokens_per_rank: int, backward: bool, skew: float = 0.0) -> dict:
     """Run `step_on_rank` with tensors on every rank and compare with `reference_step`."""
     import torch
 
-    from .step import step_on_rank
+    from moe_lab.step import reference_step, step_on_rank
 
     parts = cluster.run(step_on_rank, cfg, tokens_per_rank, skew, backward, True)
     y_ref, grads_ref, info = reference_step(cfg, cluster.world_size, tokens_per_rank, backward, skew)
@@ -141,8 +115,8 @@ def verify_step(cluster, cfg, tokens_per_rank: int, backward: bool, skew: float 
                    w_in_grad=torch.cat([t["w_in_grad"] for _, t in parts]),
                    w_out_grad=torch.cat([t["w_out_grad"] for _, t in parts]))
         errors.update({name: rel_err(got[name], ref) for name, ref in grads_ref.items()})
-    expert = torch.cat([torch.from_numpy(tr.expert) for tr, _ in parts])
-    errors["routing_mismatches"] = float((expert != info["expert"]).sum())
+    used = torch.cat([torch.from_numpy(tr.used) for tr, _ in parts])
+    errors["routing_mismatches"] = float((used != info["used"]).sum())
     return check(errors)
 
 
@@ -150,9 +124,11 @@ def trace_matches_reference(trace, cfg, skew: float = 0.0) -> dict:
     """A StepTrace's routing tables (expert used, slot) against the reference's, entry by entry."""
     import torch
 
+    from moe_lab.step import reference_step
+
     _, _, info = reference_step(cfg, trace.world_size, trace.tokens_per_rank, False, skew)
-    P, N, k = trace.expert.shape
-    bad = sum(int((torch.from_numpy(getattr(trace, key)).reshape(P * N, k) != info[key]).sum()) for key in ("expert", "slot"))
+    P, N, k = trace.used.shape
+    bad = sum(int((torch.from_numpy(getattr(trace, key)).reshape(P * N, k) != info[key]).sum()) for key in ("used", "slot"))
     return check({"routing_mismatches": float(bad)}, tol=0.0)
 
 

@@ -29,8 +29,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .bench_common import check, ratio, record, rel_err, verify_step
-from .bench_ranks import peak_rss_reset, rss_bytes
+from .common import check, ratio, record, rel_err, verify_step
+from .ranks import peak_rss_reset, rss_bytes
 
 SIZES = (512, 2048, 8192)
 MODES = (("fwd", False), ("fwd+bwd", True))
@@ -57,7 +57,7 @@ def available() -> str | None:
 
 def peer_config(world_size: int):
     """One expert per rank, top-2, d=64, hidden 256, capacity factor 1 (fairscale's 2·S/E)."""
-    from .config import MoEConfig
+    from moe_lab.config import MoEConfig
 
     return MoEConfig(num_experts=world_size, k=2, capacity_factor=1.0, policy="drop", priority="position",
                      dispatch="ragged", d_model=64, d_hidden=256, normalize_gates=True, aux_alpha=0.01, z_alpha=0.0)
@@ -73,7 +73,7 @@ class ExpertFFN(nn.Module):
         self.w_out = nn.Parameter(w_out.detach().clone())  # [h, d]
 
     def forward(self, x):
-        from .experts import expert_ffn
+        from moe_lab.experts import expert_ffn
 
         shape = x.shape
         return expert_ffn(x.reshape(-1, shape[-1]), self.w_in, self.w_out).reshape(shape)
@@ -82,13 +82,14 @@ class ExpertFFN(nn.Module):
 def _setup(ctx, cfg, N: int):
     """Both layers and this rank's tokens and upstream gradient, built once per (cfg, N)."""
     key = ("bench_peer", cfg, N)
-    if key in ctx.cache:
-        return ctx.cache[key]
+    cache = ctx.state("bench.peer")
+    if key in cache:
+        return cache[key]
     from fairscale.nn.moe import MOELayer, Top2Gate
     from fairscale.nn.moe import top2gate as fs_top2
 
-    from .layer import MoELayer
-    from .workload import init_weights, make_tokens, upstream_grad
+    from moe_lab.layer import MoELayer
+    from moe_lab.workload import init_weights, make_tokens, upstream_grad
 
     dev = ctx.device
     fs_top2.gumbel_map[dev] = lambda shape: torch.zeros(shape, device=dev)  # plain top-2 (see module doc)
@@ -104,10 +105,10 @@ def _setup(ctx, cfg, N: int):
     theirs = MOELayer(gate, experts, ctx.group)
     x = make_tokens(cfg, P, N, 0.0, router_w)[r * N:(r + 1) * N].to(dev)
     g = upstream_grad(cfg, P, N)[r * N:(r + 1) * N].to(dev)
-    if len(ctx.cache) > 8:
-        ctx.cache.clear()
-    ctx.cache[key] = (ours, padded, theirs, x, g)
-    return ctx.cache[key]
+    if len(cache) > 8:
+        cache.clear()
+    cache[key] = (ours, padded, theirs, x, g)
+    return cache[key]
 
 
 def _forward(which: str, layer, x):
@@ -160,7 +161,7 @@ def peer_check(ctx, cfg, N: int) -> dict:
         _, _, dispatch_mask = theirs.gate(x0)  # [N, E, C] the slots fairscale filled
     kept_f = dispatch_mask.sum(dim=(1, 2))  # [N] kept choices per token
     chosen_f = dispatch_mask.any(dim=2)  # [N, E]
-    expert_o = torch.from_numpy(trace.expert)  # [N, k], -1 dropped
+    expert_o = torch.from_numpy(trace.used)  # [N, k], -1 dropped
     full_o = (expert_o >= 0).all(dim=1)
     full_f = kept_f == cfg.k
     both = full_o & full_f
@@ -185,7 +186,7 @@ def section_peer(bc) -> dict:
     if version is None:
         return dict(status="skipped", reason="fairscale is not installed; install the optional extra "
                     "(pip install 'moe_lab[bench]', or pip install fairscale==0.4.13 --no-deps) to compare")
-    from .bench_common import memory_available_bytes
+    from .common import memory_available_bytes
 
     P = bc.world_size
     cfg = peer_config(P)
@@ -224,7 +225,7 @@ def section_peer(bc) -> dict:
 
 def _measure_size(bc, cfg, N: int, reps: int, bar) -> dict:
     """Check both layers at N tokens per rank, then time them interleaved, fwd and fwd+bwd."""
-    from .bench_common import reference_step
+    from moe_lab.step import reference_step
 
     P, cluster = bc.world_size, bc.cluster
     records, ratios, peak_per_token2 = [], [], None

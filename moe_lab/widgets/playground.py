@@ -1,0 +1,149 @@
+"""The Playground: sliders → one real step on the ranks → the `viz` figures, redrawn in place.
+
+A dashboard holds no figure math and no process code: it reads its controls into a `MoEConfig`,
+asks its stepper for a `StepTrace` (`cluster.step(...)`, any object with `.step` and
+`.world_size` will do), draws the trace with `viz` and copies the result into `go.FigureWidget`s
+with `batch_update`, so the page updates in one message, without re-creating the widget.
+
+Slow steps and fast drags: sliders report on release (`continuous_update=False`), and a change
+that arrives while a step is still running only marks the settings dirty; when the step ends the
+*latest* settings run once. In a headless kernel every `.value = ...` runs its step before the
+assignment returns, so a cell (or a test) can set a slider and read the new figure right after.
+"""
+from __future__ import annotations
+
+import html
+import threading
+import time
+
+import ipywidgets as w
+import plotly.graph_objects as go
+
+from .. import viz
+from ..config import DISPATCHES, POLICIES, PRIORITIES, MoEConfig
+from .common import TOKENS_PER_RANK, WIDE, Dashboard, copy_figure, default_config
+
+
+class Playground(Dashboard):
+    """Move a slider, run one real step on every rank, see the AlltoAll buffers, the [P, P] traffic,
+    the per-GPU load against capacity and the dropped tokens of exactly that step.
+
+    cluster: a `Cluster` (or anything with `.step(cfg, tokens_per_rank=, skew=, backward=)` and
+    `.world_size`). cfg: the starting config (its d_model, seed, ... are kept); tokens_per_rank and
+    skew start the N and skew sliders. The constructor runs the first step, so the cell shows the
+    default state even if nobody touches a control.
+    """
+
+    FIGURES = {"buffers": viz.alltoall_buffers, "traffic": viz.traffic_matrix,
+               "load": viz.per_gpu_load, "dropped": viz.dropped_tokens}
+
+    def __init__(self, cluster, cfg: MoEConfig | None = None, tokens_per_rank: int = 512, skew: float = 0.0):
+        self.cluster = cluster
+        self.world_size = int(cluster.world_size)
+        self.cfg = cfg or default_config(self.world_size)
+        self.cfg.check_world(self.world_size)
+        self.trace: StepTrace | None = None
+        self.latency_s: float | None = None
+        self.error: Exception | None = None
+        self.steps_run = 0
+        self._listeners, self._busy, self._dirty, self._last_key = [], False, False, None
+        self._flags = threading.Lock()  # JupyterLab may deliver widget events on another kernel thread
+        self.sliders = self._make_controls(self.cfg, tokens_per_rank, skew)
+        self.status = w.HTML()
+        self.refresh()  # the default state, drawn before anyone moves a slider
+        self.figures = {name: go.FigureWidget(draw(self.trace)) for name, draw in self.FIGURES.items()}
+        s = self.sliders
+        controls = w.HBox([
+            w.VBox([s["k"], s["capacity_factor"], s["dropless"], s["aux_alpha"]]),
+            w.VBox([s["skew"], s["tokens_per_rank"], s["policy"], s["priority"], s["dispatch"]]),
+        ])
+        f = self.figures
+        self.widget = w.VBox([controls, self.status, w.HBox([f["traffic"], f["load"]]), f["dropped"], f["buffers"]])
+        for control in s.values():
+            control.observe(self._on_change, names="value")
+
+    @staticmethod
+    def _make_controls(cfg: MoEConfig, tokens_per_rank: int, skew: float) -> dict:
+        cf = cfg.capacity_factor
+        options = tuple(sorted(set(TOKENS_PER_RANK) | {int(tokens_per_rank)}))
+        return dict(
+            k=w.IntSlider(value=cfg.k, min=1, max=cfg.num_experts, description="k (experts per token)",
+                          continuous_update=False, **WIDE),
+            capacity_factor=w.FloatSlider(value=1.25 if cf is None else cf, min=0.25, max=max(4.0, cf or 0),
+                                          step=0.05, description="capacity factor", disabled=cf is None,
+                                          continuous_update=False, **WIDE),
+            dropless=w.Checkbox(value=cf is None, description="dropless (no capacity C)", indent=True),
+            aux_alpha=w.FloatSlider(value=cfg.aux_alpha, min=0.0, max=max(0.1, cfg.aux_alpha), step=0.001,
+                                    readout_format=".3f", description="α (aux loss weight)",
+                                    continuous_update=False, **WIDE),
+            skew=w.FloatSlider(value=skew, min=0.0, max=1.0, step=0.05, description="skew (all want E0)",
+                               continuous_update=False, **WIDE),
+            tokens_per_rank=w.SelectionSlider(options=options, value=int(tokens_per_rank),
+                                              description="N tokens per GPU", continuous_update=False, **WIDE),
+            policy=w.Dropdown(options=POLICIES, value=cfg.policy, description="over capacity", **WIDE),
+            priority=w.Dropdown(options=PRIORITIES, value=cfg.priority, description="priority", **WIDE),
+            dispatch=w.Dropdown(options=DISPATCHES, value=cfg.dispatch, description="dispatch buffers", **WIDE),
+        )
+
+    # ---- stepping ------------------------------------------------------------------------------
+    def settings(self) -> tuple[MoEConfig, int, float]:
+        """(cfg, tokens_per_rank, skew) as the controls say now."""
+        s = self.sliders
+        cfg = self.cfg.replace(
+            k=int(s["k"].value), capacity_factor=None if s["dropless"].value else float(s["capacity_factor"].value),
+            aux_alpha=float(s["aux_alpha"].value), policy=s["policy"].value, priority=s["priority"].value,
+            dispatch=s["dispatch"].value)
+        return cfg, int(s["tokens_per_rank"].value), float(s["skew"].value)
+
+    def refresh(self) -> StepTrace:
+        """Run one step with the current settings and redraw everything. Errors propagate."""
+        cfg, n, skew = self.settings()
+        t0 = time.perf_counter()
+        trace = self.cluster.step(cfg, tokens_per_rank=n, skew=skew, backward=False)
+        self.latency_s = time.perf_counter() - t0
+        self.trace, self.error, self._last_key = trace, None, (cfg, n, skew)
+        self.steps_run += 1
+        for name, fw in getattr(self, "figures", {}).items():
+            copy_figure(fw, self.FIGURES[name](trace))
+        self.status.value = self._summary(trace, cfg)
+        for callback in self._listeners:
+            callback(trace)
+        return trace
+
+    def on_step(self, callback) -> None:
+        """Call `callback(trace)` after every step (how a TokenTracer follows this playground)."""
+        self._listeners.append(callback)
+
+    def _on_change(self, change) -> None:
+        self.sliders["capacity_factor"].disabled = bool(self.sliders["dropless"].value)
+        with self._flags:
+            self._dirty = True
+            if self._busy:  # a step is running: its loop picks up the latest settings after it
+                return
+            self._busy = True
+        try:
+            while True:
+                with self._flags:
+                    if not self._dirty:
+                        self._busy = False
+                        return
+                    self._dirty = False
+                if self.settings() == self._last_key:
+                    continue  # back where the last step was (e.g. toggled twice): nothing to run
+                try:
+                    self.refresh()
+                except Exception as e:  # noqa: BLE001 - show it next to the sliders, keep the last figures
+                    self.error = e
+                    self.status.value = f"<span style='color:#d62728'><b>step failed:</b> {html.escape(str(e))}</span>"
+        except BaseException:
+            with self._flags:
+                self._busy = False
+            raise
+
+    def _summary(self, trace: StepTrace, cfg: MoEConfig) -> str:
+        cap = "dropless" if trace.capacity is None else f"C = {trace.capacity}"
+        backend = getattr(self.cluster, "backend", None)
+        where = f"{self.world_size} GPUs" + (f" ({backend})" if isinstance(backend, str) else "")
+        return (f"<b>step {1e3 * self.latency_s:.0f} ms</b> on {where} · {cap} · "
+                f"dropped <b>{100 * trace.dropped_share:.1f}%</b> · max/mean load <b>{trace.load_imbalance:.2f}</b> · "
+                f"aux loss {trace.aux_loss:.4f} (α = {cfg.aux_alpha:g}; uniform routing gives α)")
