@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, replace
 POLICIES = ("drop", "overflow")
 PRIORITIES = ("position", "score")
 DISPATCHES = ("ragged", "padded")
+ROUTERS = ("top_k", "expert_choice")
 
 
 def _is_int(v) -> bool:
@@ -35,6 +36,14 @@ class MoEConfig:
     dispatch          "ragged": uneven AlltoAll splits, only real tokens travel;
                       "padded": fixed [E, C, d] buffers, equal splits (GShard / Switch).
     normalize_gates   renormalise the k chosen gate weights to sum to 1 (only matters for k > 1).
+
+    Routing variants (chapter 6; moe_lab/expert_choice.py, moe_lab/shared_experts.py):
+    router            "top_k": each token picks its k experts (token choice); "expert_choice": each
+                      expert picks its top-C tokens of each source rank (Zhou et al., arXiv 2202.09368).
+    num_shared (S)    shared experts every token also goes through, replicated on every rank
+                      (DeepSeekMoE, arXiv 2401.06066).
+    granularity (m)   how many pieces each expert was cut into; set by `fine_grained(m)`, which also
+                      multiplies E, k and S by m and divides d_hidden by m.
     """
 
     num_experts: int = 8
@@ -49,6 +58,10 @@ class MoEConfig:
     dispatch: str = "ragged"
     normalize_gates: bool = True
     seed: int = 0
+    # routing variants (chapter 6)
+    router: str = "top_k"
+    num_shared: int = 0
+    granularity: int = 1
 
     def __post_init__(self):
         E = self.num_experts
@@ -80,6 +93,44 @@ class MoEConfig:
             raise ValueError(f"normalize_gates={self.normalize_gates!r}: must be True or False")
         if not _is_int(self.seed):
             raise ValueError(f"seed={self.seed!r}: must be a whole number")
+        self._check_variants()
+
+    def _check_variants(self) -> None:
+        """Routing variants (chapter 6): router, shared experts, granularity."""
+        if self.router not in ROUTERS:
+            raise ValueError(f"router={self.router!r}: choose one of {ROUTERS}")
+        if self.router == "expert_choice":
+            if self.capacity_factor is None:
+                raise ValueError("router='expert_choice' needs a capacity_factor: each expert picks its top-C tokens, "
+                                 "C = ceil(capacity_factor * k * N / E); capacity_factor=None (dropless) has no C")
+            if self.policy != "drop":
+                raise ValueError(f"router='expert_choice' with policy={self.policy!r}: experts pick their tokens, so "
+                                 "nothing overflows to another expert; use policy='drop'")
+        if not _is_int(self.num_shared) or self.num_shared < 0:
+            raise ValueError(f"num_shared={self.num_shared!r}: must be a whole number >= 0 (0 = no shared experts)")
+        m = self.granularity
+        if not _is_int(m) or m < 1:
+            raise ValueError(f"granularity={m!r}: must be a whole number >= 1")
+        if self.num_experts % m:
+            raise ValueError(f"granularity={m} but num_experts={self.num_experts} is not a multiple of it; "
+                             "build fine-grained configs with cfg.fine_grained(m)")
+
+    def fine_grained(self, m: int) -> "MoEConfig":
+        """DeepSeekMoE's fine-grained experts (arXiv 2401.06066): each expert cut into m pieces.
+
+        E·m experts of hidden d_hidden/m, top-(k·m) of them per token, and S·m shared pieces:
+        the same parameters and FLOPs per token, C(E·m, k·m) expert combinations instead of C(E, k).
+        Capacity C = ceil(cf · k·m · N / (E·m)) is unchanged.
+        """
+        if not _is_int(m) or m < 1:
+            raise ValueError(f"granularity m={m!r}: must be a whole number >= 1")
+        if self.d_hidden % m:
+            raise ValueError(f"granularity m={m} does not divide d_hidden={self.d_hidden}; choose m among the "
+                             f"divisors of {self.d_hidden}")
+        if self.k * m > self.num_experts * m:
+            raise ValueError(f"granularity m={m}: k*m={self.k * m} choices but only {self.num_experts * m} experts")
+        return replace(self, num_experts=self.num_experts * m, k=self.k * m, d_hidden=self.d_hidden // m,
+                       num_shared=self.num_shared * m, granularity=self.granularity * m)
 
     def check_world(self, world_size: int) -> None:
         """Experts are split evenly over ranks: E must be a multiple of the world size."""

@@ -14,11 +14,12 @@ import torch.distributed as dist
 from torch import nn
 
 from . import routing
-from .routing import route_block
 from .comm import note
 from .config import MoEConfig
 from .dispatch import exchange_counts, make_local_experts, padded_exchange, ragged_exchange, send_order
+from .expert_choice import route_fn
 from .experts import tp_shard
+from .shared_experts import SharedExperts, check_shared
 from .trace import RankTrace
 
 
@@ -54,11 +55,18 @@ class MoELayer(nn.Module):
         self.w_out = nn.Parameter(torch.zeros(m, h, d, device=device))  # [m, h, d]
         # aux-loss-free balancing: a per-expert bias on the top-k *selection* only (not a parameter)
         self.register_buffer("select_bias", torch.zeros(E, device=device))
+        # shared experts (chapter 6): replicated on every rank, applied to this rank's own tokens
+        self.shared = SharedExperts(cfg.num_shared, d, cfg.d_hidden, device) if cfg.num_shared else None
         self.aux_loss = self.z_loss = None
 
     @torch.no_grad()
-    def load_global_weights(self, router_w, w_in, w_out):
-        """Keep the router and this rank's own slices of the global [E, ...] expert weights."""
+    def load_global_weights(self, router_w, w_in, w_out, shared=None):
+        """Keep the router and this rank's own slices of the global [E, ...] expert weights;
+        `shared=(w_in [S, d, h], w_out [S, h, d])` are the shared experts, kept whole."""
+        check_shared(shared, self.cfg)
+        if shared is not None:
+            self.shared.w_in.copy_(shared[0])
+            self.shared.w_out.copy_(shared[1])
         m = self.w_in.shape[0]
         w_in, w_out = w_in[self.first_expert : self.first_expert + m], w_out[self.first_expert : self.first_expert + m]
         if self.tp_group is not None:
@@ -72,6 +80,8 @@ class MoELayer(nn.Module):
         if self.router_w.grad is not None:
             note("all_reduce", "router", self.router_w.grad)
             dist.all_reduce(self.router_w.grad, op=op, group=self.router_group)
+        if self.shared is not None:  # replicated like the router: same sync
+            self.shared.sync_grads(self.router_group, op)
 
     def forward(self, x: torch.Tensor):
         cfg = self.cfg
@@ -85,7 +95,8 @@ class MoELayer(nn.Module):
         N, E, k = x.shape[0], cfg.num_experts, cfg.k
         with timer("router"):
             bias = self.select_bias if self.select_bias.any() else None
-            r = route_block(x, self.router_w, cfg, bias)  # gates, chosen, used, slot: [N, k]
+            r = route_fn(cfg)(x, self.router_w, cfg, bias)  # gates, chosen, used, slot: [N, k] ([N, E]: expert choice)
+            k = r["used"].shape[1]
             order, counts = send_order(r["used"], r["slot"], E)  # [S], [E]
         local_experts = make_local_experts(self.w_in, self.w_out, self.tp_group)
         if cfg.dispatch == "ragged":
@@ -99,15 +110,19 @@ class MoELayer(nn.Module):
         # put each returned row back at its (token, choice) and sum with the gates
         out = x.new_zeros(N * k, x.shape[1]).index_copy(0, order, back)  # [N*k, d]
         y = routing.combine_weighted(r["gates"], r["used"], out.view(N, k, -1))  # [N, d]
+        if self.shared is not None:
+            with timer("shared"):
+                y = y + self.shared(x)  # [N, d] every token, on its own rank
         self.aux_loss, self.z_loss = r["aux_loss"], r["z_loss"]
         times["total"] = time.perf_counter() - t0
         trace = RankTrace(
-            rank=self.rank, world_size=self.P, num_experts=E, k=k, d_model=cfg.d_model,
+            rank=self.rank, world_size=self.P, num_experts=E, k=cfg.k, d_model=cfg.d_model,
             capacity=r["capacity"], dispatch=cfg.dispatch,
             chosen=r["chosen"].cpu().numpy(), used=r["used"].cpu().numpy(),
             slot=r["slot"].cpu().numpy(), gates=r["gates"].detach().cpu().numpy(),
             buffer_slots=S, elem_bytes=x.element_size(), times=times,
             aux_loss=float(r["aux_loss"].detach()), z_loss=float(r["z_loss"].detach()),
+            router=cfg.router, num_shared=cfg.num_shared, granularity=cfg.granularity,
         )
         return y, trace
 

@@ -11,11 +11,13 @@ import torch
 
 from . import routing
 from .config import MoEConfig
+from .expert_choice import route_fn
 from .experts import expert_ffn
 from .routing import route_block  # noqa: F401  (kept importable here for one release)
+from .shared_experts import check_shared, shared_ffn
 
 
-def moe_forward(x, router_w, w_in, w_out, cfg: MoEConfig, world_size: int = 1, bias=None):
+def moe_forward(x, router_w, w_in, w_out, cfg: MoEConfig, world_size: int = 1, bias=None, shared=None):
     """y [W*N, d] for x [W*N, d], routed per block of N rows exactly as W ranks would.
 
     router_w [d, E], w_in [E, d, h], w_out [E, h, d]. Returns (y, info) where info holds the
@@ -23,17 +25,23 @@ def moe_forward(x, router_w, w_in, w_out, cfg: MoEConfig, world_size: int = 1, b
     probs [W*N, E]), `aux_loss` and `z_loss` per block ([W], differentiable) and `kept`,
     `dropped` per expert ([E], summed over blocks). "experts"/"expert" are deprecated aliases
     of "chosen"/"used".
+
+    Routing variants (chapter 6): `shared=(w_in [S, d, h], w_out [S, h, d])` adds the S shared
+    experts to every token; with cfg.router="expert_choice" the tables are [W*N, E] (column e =
+    expert e, -1 where e did not pick the token); `experts_per_token` [W*N] says how many routed
+    experts served each token (0 = none).
     """
     cfg.check_world(world_size)
     if x.dim() != 2 or x.shape[1] != cfg.d_model:
         raise ValueError(f"x must be [W*N, d_model={cfg.d_model}], got shape {tuple(x.shape)}")
     if x.shape[0] % world_size:
         raise ValueError(f"x has {x.shape[0]} rows, not a multiple of world_size={world_size}")
-    E, k = cfg.num_experts, cfg.k
+    check_shared(shared, cfg)
+    E = cfg.num_experts
     ys, blocks = [], []
     for xb in x.chunk(world_size) if x.shape[0] else [x]:
-        r = route_block(xb, router_w, cfg, bias)
-        N = xb.shape[0]
+        r = route_fn(cfg)(xb, router_w, cfg, bias)
+        N, k = xb.shape[0], r["used"].shape[1]  # k choices, or E columns with expert choice
         flat = r["used"].reshape(-1)  # [N*k] expert used by assignment t*k+j, -1 dropped
         out = xb.new_zeros(N * k, xb.shape[1])  # [N*k, d]
         for e in range(E):
@@ -51,10 +59,32 @@ def moe_forward(x, router_w, w_in, w_out, cfg: MoEConfig, world_size: int = 1, b
     chosen = routing.count_per_expert(info["chosen"], E)
     info["kept"] = routing.count_per_expert(info["used"], E)
     info["dropped"] = chosen - _kept_by_choice(info["chosen"], info["used"], E)
-    return torch.cat(ys), info
+    info["experts_per_token"] = (info["used"] >= 0).sum(-1)  # [W*N]
+    y = torch.cat(ys)
+    if shared is not None:
+        y = y + shared_ffn(x, *shared)  # every token through the S shared experts
+    return y, info
+
+
+def split_experts(w_in, w_out, m: int):
+    """Fine-grained experts (DeepSeekMoE, arXiv 2401.06066): cut each expert into m pieces.
+
+    w_in [E, d, h], w_out [E, h, d] -> [E*m, d, h/m], [E*m, h/m, d]. Piece e*m + j takes columns
+    j*h/m : (j+1)*h/m of w_in[e] and the same rows of w_out[e]. relu acts elementwise, so the m
+    pieces of an expert, given the same input and gate, sum to the expert: parameters unchanged.
+    Works the same for the shared experts' [S, d, h] / [S, h, d].
+    """
+    E, d, h = w_in.shape
+    if not isinstance(m, int) or isinstance(m, bool) or m < 1 or h % m:
+        raise ValueError(f"granularity m={m!r} must be a whole number >= 1 that divides d_hidden={h}")
+    if tuple(w_out.shape) != (E, h, d):
+        raise ValueError(f"w_out must be [{E}, {h}, {d}] to match w_in, got {tuple(w_out.shape)}")
+    pieces_in = w_in.reshape(E, d, m, h // m).permute(0, 2, 1, 3).reshape(E * m, d, h // m)  # [E*m, d, h/m]
+    pieces_out = w_out.reshape(E * m, h // m, d)  # [E*m, h/m, d]
+    return pieces_in, pieces_out
 
 
 def _kept_by_choice(chosen, used, E):
     """Kept assignments counted at the expert the token *chose* (so dropped = chosen - this)."""
-    kept = used.reshape(-1) >= 0
+    kept = (used.reshape(-1) >= 0) & (chosen.reshape(-1) >= 0)  # expert-choice tables mark "not chosen" with -1
     return torch.bincount(chosen.reshape(-1)[kept], minlength=E)

@@ -59,6 +59,10 @@ class RankTrace:
     times: dict  # phase -> seconds on this rank, plus "total"
     aux_loss: float
     z_loss: float
+    # routing variants (chapter 6): with router="expert_choice" the tables are [N, E], column e = expert e
+    router: str = "top_k"
+    num_shared: int = 0
+    granularity: int = 1
 
     experts = property(lambda self: self.chosen, doc="deprecated alias of `chosen`")
     expert = property(lambda self: self.used, doc="deprecated alias of `used`")
@@ -93,6 +97,11 @@ class StepTrace:
     slot: np.ndarray  # [P, N, k]
     gates: np.ndarray  # [P, N, k]
     extra: dict = field(default_factory=dict)  # e.g. the config, latency measured by the parent
+    # routing variants (chapter 6)
+    router: str = "top_k"  # "top_k" (tables [P, N, k]) or "expert_choice" (tables [P, N, E], -1 = not chosen)
+    num_shared: int = 0  # shared experts applied to every token on its own rank (no bytes moved)
+    granularity: int = 1  # pieces per original expert (fine-grained experts)
+    experts_per_token: np.ndarray | None = None  # [P, N] routed experts that served each token (0 = none)
 
     experts = property(lambda self: self.chosen, doc="deprecated alias of `chosen`")
     expert = property(lambda self: self.used, doc="deprecated alias of `used`")
@@ -107,8 +116,9 @@ class StepTrace:
         chosen = np.stack([p.chosen for p in parts])
         kept_se = np.stack([np.bincount(e[e >= 0], minlength=E) for e in used.reshape(P, -1)])  # [P, E]
         send_counts = kept_se.reshape(P, P, m).sum(-1)  # [P src, P dst]
-        chosen_count = np.bincount(chosen.reshape(-1), minlength=E)
-        kept_by_choice = np.bincount(chosen.reshape(-1)[used.reshape(-1) >= 0], minlength=E)
+        flat_chosen = chosen.reshape(-1)  # -1 marks "not chosen" in expert-choice tables
+        chosen_count = np.bincount(flat_chosen[flat_chosen >= 0], minlength=E)
+        kept_by_choice = np.bincount(flat_chosen[(used.reshape(-1) >= 0) & (flat_chosen >= 0)], minlength=E)
         S = p0.buffer_slots
         send_rows, recv_rows = buffer_rows(kept_se, S)
         row_bytes = p0.d_model * p0.elem_bytes
@@ -120,11 +130,14 @@ class StepTrace:
             recv_tokens=send_counts.sum(0), send_rows=send_rows, recv_rows=recv_rows,
             bytes_sent=send_rows * row_bytes,
             rank_time_s=np.array([p.times.get("total", 0.0) for p in parts]),
-            phase_time_s={ph: np.array([p.times.get(ph, 0.0) for p in parts]) for ph in PHASES},
+            phase_time_s={ph: np.array([p.times.get(ph, 0.0) for p in parts])
+                          for ph in PHASES + (("shared",) if p0.num_shared else ())},
             aux_loss=float(np.mean([p.aux_loss for p in parts])),
             z_loss=float(np.mean([p.z_loss for p in parts])),
             chosen=chosen, used=used, slot=np.stack([p.slot for p in parts]),
             gates=np.stack([p.gates for p in parts]),
+            router=p0.router, num_shared=p0.num_shared, granularity=p0.granularity,
+            experts_per_token=(used >= 0).sum(-1),
         )
 
     # ---- derived views -------------------------------------------------------------------
@@ -139,6 +152,11 @@ class StepTrace:
     @property
     def assignments(self) -> int:
         return self.world_size * self.tokens_per_rank * self.k
+
+    @property
+    def tokens_without_expert(self) -> int:
+        """Tokens no routed expert served (all k dropped; or, with expert choice, picked by no expert)."""
+        return int((~(self.used >= 0).any(-1)).sum())
 
     @property
     def dropped_share(self) -> float:
@@ -194,7 +212,9 @@ class StepTrace:
                              f"tokens 0..{self.tokens_per_rank - 1}")
         send = {(r[3], r[4]): i for i, r in enumerate(self.send_buffer(rank)) if r[3] is not None}
         path = []
-        for j in range(self.k):
+        for j in range(self.used.shape[2]):  # k choices; expert choice: one column per expert
+            if self.chosen[rank, token, j] < 0:  # expert choice: expert j did not pick this token
+                continue
             e = int(self.used[rank, token, j])
             hop = dict(j=j, chosen=int(self.chosen[rank, token, j]), expert=e,
                        gate=float(self.gates[rank, token, j]), dropped=e < 0)

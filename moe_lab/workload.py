@@ -14,14 +14,39 @@ from .config import MoEConfig, check_skew, check_tokens_per_rank, check_world_si
 def init_weights(cfg: MoEConfig):
     """Global weights: router_w [d, E], w_in [E, d, h], w_out [E, h, d] (float32, from cfg.seed).
 
-    Scaled so router logits have unit variance for unit-variance tokens.
+    Scaled so router logits have unit variance for unit-variance tokens. A fine-grained config
+    (granularity m) gets the coarse config's experts cut into m pieces (`split_experts`), so both
+    hold the same expert parameters; its router [d, E·m] is its own.
     """
     g = torch.Generator().manual_seed(cfg.seed)
-    d, h, E = cfg.d_model, cfg.d_hidden, cfg.num_experts
+    d, m, E = cfg.d_model, cfg.granularity, cfg.num_experts
     router_w = torch.randn(d, E, generator=g) / d**0.5
+    w_in, w_out = _ffn_weights(g, E // m, d, cfg.d_hidden * m, m)
+    return router_w, w_in, w_out
+
+
+def init_shared_weights(cfg: MoEConfig):
+    """The shared experts' weights (w_in [S, d, h], w_out [S, h, d]), or None when num_shared = 0.
+
+    Their own seed stream (cfg.seed + 3), so adding shared experts leaves the routed ones as
+    they were; fine-grained, the coarse shared experts cut into m pieces.
+    """
+    S, m = cfg.num_shared, cfg.granularity
+    if S == 0:
+        return None
+    g = torch.Generator().manual_seed(cfg.seed + 3)
+    if S % m:
+        return _ffn_weights(g, S, cfg.d_model, cfg.d_hidden, 1)
+    return _ffn_weights(g, S // m, cfg.d_model, cfg.d_hidden * m, m)
+
+
+def _ffn_weights(g, E, d, h, m):
+    """E experts of hidden h (w_in [E, d, h], w_out [E, h, d]), each cut into m pieces."""
+    from .reference import split_experts
+
     w_in = torch.randn(E, d, h, generator=g) / d**0.5
     w_out = torch.randn(E, h, d, generator=g) / h**0.5
-    return router_w, w_in, w_out
+    return (w_in, w_out) if m == 1 else split_experts(w_in, w_out, m)
 
 
 def make_tokens(cfg: MoEConfig, world_size: int, tokens_per_rank: int, skew: float = 0.0, router_w=None):
@@ -42,7 +67,8 @@ def make_tokens(cfg: MoEConfig, world_size: int, tokens_per_rank: int, skew: flo
     x = torch.randn(T, cfg.d_model, generator=g)
     hot = torch.rand(T, generator=g) < skew  # [T]
     if skew > 0:
-        v = torch.linalg.pinv(router_w.T)[:, 0]  # [d]: router_wᵀ v = e_0
+        m = cfg.granularity  # fine-grained: push all m pieces of the original expert 0
+        v = torch.linalg.pinv(router_w.T)[:, 0] if m == 1 else torch.linalg.pinv(router_w.T)[:, :m].sum(1)  # [d]
         x = x + hot.unsqueeze(1).to(x.dtype) * 8.0 * v
     return x
 
