@@ -20,8 +20,10 @@ def init_weights(cfg: MoEConfig):
     """
     g = torch.Generator().manual_seed(cfg.seed)
     d, m, E = cfg.d_model, cfg.granularity, cfg.num_experts
-    router_w = torch.randn(d, E, generator=g) / d**0.5
+    router_w = torch.randn(d, E // m, generator=g) / d**0.5  # the coarse config's router
     w_in, w_out = _ffn_weights(g, E // m, d, cfg.d_hidden * m, m)
+    if m > 1:  # drawn after the experts, so they stay the coarse config's
+        router_w = torch.randn(d, E, generator=g) / d**0.5
     return router_w, w_in, w_out
 
 
