@@ -22,14 +22,11 @@ GRANULARITY = 4
 
 
 def variant_configs(world_size: int) -> dict:
-    """The four layers of chapter 6, built from the course's layer with one expert per rank."""
+    """The chapter's four layers (moe_lab.variants) from the course's layer, one expert per rank."""
+    from moe_lab.variants import chapter_variants
+
     base = MoEConfig(num_experts=world_size, k=min(2, world_size), capacity_factor=1.25)
-    return {
-        "token choice": base,
-        "token choice + 1 shared": base.replace(num_shared=1),
-        f"fine-grained (m={GRANULARITY})": base.fine_grained(GRANULARITY),
-        "expert choice": base.replace(router="expert_choice"),
-    }
+    return chapter_variants(base, num_shared=1, m=GRANULARITY)
 
 
 def verify_variant(cluster, cfg, tokens_per_rank: int, backward: bool = False) -> dict:

@@ -7,14 +7,16 @@ Nothing here starts a process or touches torch. One module per figure family:
     training  load balance over training steps
     cost      sparsity and scaling tables from moe_lab.cost
     style     the shared colours and labels
+    variants  chapter 6: the routing variants side by side (load, experts per token)
 """
 from .cost import scaling_figure, sparsity_figure
 from .path import describe_token_path, token_path
 from .step import alltoall_buffers, dropped_tokens, per_gpu_load, stragglers, traffic_matrix
 from .style import DROPPED_COLOR, KEPT_COLOR, PADDING_COLOR, PHASE_COLORS, expert_colors, gpu_label
 from .training import HISTORY_FIELDS, compare_runs, record_from_trace, training_curves
+from .variants import experts_per_token, variant_load
 
 __all__ = ["alltoall_buffers", "traffic_matrix", "per_gpu_load", "dropped_tokens", "stragglers", "token_path",
            "describe_token_path", "training_curves", "compare_runs", "record_from_trace", "HISTORY_FIELDS",
            "sparsity_figure", "scaling_figure", "DROPPED_COLOR", "KEPT_COLOR", "PADDING_COLOR", "PHASE_COLORS",
-           "expert_colors", "gpu_label"]
+           "expert_colors", "gpu_label", "variant_load", "experts_per_token"]
