@@ -133,9 +133,9 @@ def render(result: dict) -> str:
                        f"x{gr['ragged']['bytes_cf_max_over_cf_min']:.2f}; padded time x{gr['padded']['time_cf_max_over_cf_min']:.2f}, "
                        f"bytes x{gr['padded']['bytes_cf_max_over_cf_min']:.2f}")
         elif name == "variants":
-            from .variants import summary
+            from .variants import TABLE_HEADERS, table_rows
 
-            out.append(summary(sec))
+            out.append(table(TABLE_HEADERS, table_rows(sec)))
         elif name == "transport":
             rows = [[r["params"]["tokens_per_rank"], r["contender"], f"{_ms(r['median'])} [{_ms(r['p10'])} - {_ms(r['p90'])}]",
                      "-" if r.get("aggregate_GB_per_s") is None else f"{r['aggregate_GB_per_s']:.2f}", _ok(r)] for r in recs]

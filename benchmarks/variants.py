@@ -97,6 +97,9 @@ def section_variants(bc) -> dict:
         "tokens no expert picked"])
 
 
+TABLE_HEADERS = ["variant", "N/rank", "ms", "bytes", "dropped", "no expert", "max/mean load", "matched"]
+
+
 def table_rows(section: dict) -> list:
     """(variant, N, ms [p10 - p90], bytes, dropped, tokens without expert, max/mean load) for the terminal table."""
     out = []
@@ -106,12 +109,3 @@ def table_rows(section: dict) -> list:
                     f"{r['bytes_sent'] / 2**20:.2f} MiB", r["dropped"], r["tokens_without_expert"],
                     f"{r['load_imbalance']:.2f}", "yes" if r["matched_reference"] else "NO"))
     return out
-
-
-def summary(section: dict) -> str:
-    from .report import table
-
-    return table(["variant", "N/rank", "ms", "bytes", "dropped", "no expert", "max/mean load", "matched"],
-                 table_rows(section))
-
-

@@ -22,6 +22,7 @@ from moe_lab.expert_choice import choice_tables, select_tokens
 from moe_lab.experts import expert_ffn
 from moe_lab.shared_experts import shared_ffn
 from moe_lab.step import gather_tensors, reference_step
+from moe_lab.variants import chapter_variants, counts, rows_once_per_rank, summarize
 from moe_lab.workload import init_shared_weights, init_weights, make_tokens
 from rank_fns import step_many
 
@@ -227,10 +228,11 @@ def check_cases(cluster, cases):
         got = gather_tensors(parts)
         y_ref, grads_ref, info = reference_step(cfg, P, N, True, skew)
         where = f"P={P} {cfg} skew={skew}"
-        torch.testing.assert_close(got["y"], y_ref, rtol=0, atol=1e-5, msg=lambda m: f"output differs: {where}\n{m}")
         assert grads_ref.keys() == {k for k in got if k != "y"}, where
-        for name, ref in grads_ref.items():
-            torch.testing.assert_close(got[name], ref, rtol=1e-4, atol=1e-4, msg=lambda m: f"{name} differs: {where}\n{m}")
+        # relative to the tensor's scale: ranks sum gradients in another order than one process does
+        for name, ref, tol in [("y", y_ref, 1e-5), *((n, r, 1e-4) for n, r in grads_ref.items())]:
+            err = float((got[name] - ref).abs().max()) / max(float(ref.abs().max()), 1e-12)
+            assert got[name].shape == ref.shape and err <= tol, f"{name} differs by {err:.1e} (relative): {where}"
         for key in ("chosen", "used", "slot"):
             ours = torch.cat([torch.from_numpy(getattr(tr, key)) for tr, _ in parts])
             assert torch.equal(ours, info[key]), f"{key} differs: {where}"
@@ -242,8 +244,13 @@ def check_cases(cluster, cases):
         assert (trace.router, trace.num_shared, trace.granularity) == (cfg.router, cfg.num_shared, cfg.granularity)
         if cfg.router == "expert_choice":  # balanced by construction: every expert exactly C per source rank
             assert (trace.kept == P * min(trace.capacity, N)).all() and trace.dropped.sum() == 0, where
+        once = rows_once_per_rank(trace)  # a token at most once per destination rank
+        assert once.sum() <= trace.kept.sum(), where
+        if cfg.num_experts == P:  # one expert per rank: a token's experts are on different ranks already
+            assert once.sum() == trace.kept.sum(), where
 
 
+@pytest.mark.timeout(900)  # 30 cases forward + backward; the 8-rank run on a busy 2-core machine is slow
 def test_every_variant_equals_the_reference_on_real_ranks(cluster):
     P = cluster.world_size
     cases = []
@@ -270,8 +277,45 @@ def variant_configs(draw, P):
     return cfg.fine_grained(m), draw(st.sampled_from([0.0, 0.5, 1.0]))
 
 
+@pytest.mark.timeout(900)
 @settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(data=st.data())
 def test_random_variant_configs_equal_the_reference(cluster, data):
     """Random configs, 6 per round trip, including skew 1 and E = 2·P (one cluster per world size)."""
     check_cases(cluster, data.draw(st.lists(variant_configs(cluster.world_size), min_size=6, max_size=6)))
+
+
+# ---- the chapter's numbers, figures and dashboard ------------------------------------------------
+def test_chapter_variants_counts_and_the_router_lab_on_two_real_ranks():
+    from moe_lab.viz import experts_per_token, variant_load
+    from moe_lab.widgets import RouterLab
+
+    base = MoEConfig(num_experts=4, k=2, capacity_factor=1.25, **SMALL)
+    layers = chapter_variants(base, num_shared=1, m=4)
+    c = {name: counts(cfg) for name, cfg in layers.items()}
+    assert c["fine-grained m=4"]["params"] == c["token choice"]["params"]
+    assert c["+ 1 shared"]["flops_per_token"] == c["token choice"]["flops_per_token"] * 3 // 2
+    assert c["fine-grained m=4"]["combinations"] == math.comb(16, 8)
+    with Cluster(world_size=2, timeout=120) as cluster:
+        traces = {name: cluster.step(cfg, tokens_per_rank=32, skew=0.5) for name, cfg in layers.items()}
+        s = {name: summarize(tr) for name, tr in traces.items()}
+        assert s["expert choice"]["dropped"] == 0 and s["expert choice"]["max_over_mean"] == 1.0
+        assert s["+ 1 shared"]["bytes"] == s["token choice"]["bytes"]  # the shared expert moves nothing
+        assert s["fine-grained m=4"]["bytes"] > 2 * s["token choice"]["bytes"]  # one row per piece
+        assert s["fine-grained m=4"]["bytes_once_per_rank"] < s["fine-grained m=4"]["bytes"]
+        load, per_token = variant_load(traces), experts_per_token(traces)
+        assert [t.name for t in load.data] == list(layers) == [t.name for t in per_token.data]
+        for bar, tr in zip(per_token.data, traces.values()):
+            assert sum(bar.customdata) == 2 * 32 and abs(sum(bar.y) - 1) < 1e-9
+            assert bar.customdata[0] == tr.tokens_without_expert
+
+        lab = RouterLab(cluster, cfg=base, tokens_per_rank=32, skew=0.5)
+        assert lab.trace.router == "top_k" and lab.steps_run == 1
+        before = lab.figures["experts"].data[0].y
+        lab.controls["router"].value = "expert_choice"
+        assert lab.trace.router == "expert_choice" and lab.steps_run == 2 and lab.trace.dropped.sum() == 0
+        assert lab.figures["experts"].data[0].y != before  # the figure follows the step
+        lab.controls["num_shared"].value = 2
+        lab.controls["granularity"].value = 4
+        assert (lab.trace.num_shared, lab.trace.granularity, lab.trace.num_experts) == (8, 4, 16)
+        assert "no routed expert" in lab.status.value and lab.error is None
