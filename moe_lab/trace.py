@@ -153,6 +153,11 @@ class StepTrace:
     def assignments(self) -> int:
         return self.world_size * self.tokens_per_rank * self.k
 
+    def dropped_at(self, rank: int) -> np.ndarray:
+        """[N, k] True where an assignment of `rank` was chosen but dropped (an expert-choice table's
+        -1 means "not chosen", not dropped)."""
+        return (self.used[rank] < 0) & (self.chosen[rank] >= 0)
+
     @property
     def tokens_without_expert(self) -> int:
         """Tokens no routed expert served (all k dropped; or, with expert choice, picked by no expert)."""

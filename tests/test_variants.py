@@ -319,3 +319,13 @@ def test_chapter_variants_counts_and_the_router_lab_on_two_real_ranks():
         lab.controls["granularity"].value = 4
         assert (lab.trace.num_shared, lab.trace.granularity, lab.trace.num_experts) == (8, 4, 16)
         assert "no routed expert" in lab.status.value and lab.error is None
+
+        # the buffer figure counts only real drops: an expert-choice "not chosen" is not a drop
+        from moe_lab.viz import alltoall_buffers
+
+        ec = traces["expert choice"]
+        assert not ec.dropped_at(0).any() and (ec.used[0] < 0).any()
+        titles = [a.text for a in alltoall_buffers(ec).layout.annotations if "dropped" in (a.text or "")]
+        assert len(titles) == 2 and all(t.endswith("dropped 0") for t in titles), titles
+        tc = traces["token choice"]
+        assert int(tc.dropped_at(0).sum()) == int((tc.used[0] < 0).sum())

@@ -37,12 +37,12 @@ def alltoall_buffers(trace: StepTrace) -> go.Figure:
     """
     P, E = trace.world_size, trace.num_experts
     buffers = [(trace.send_buffer(r), trace.recv_buffer(r)) for r in range(P)]  # rows, as trace.py lays them out
-    width = max(1, max(max(len(s), len(rv), int((trace.used[r] < 0).sum())) for r, (s, rv) in enumerate(buffers)))
+    width = max(1, max(max(len(s), len(rv), int(trace.dropped_at(r).sum())) for r, (s, rv) in enumerate(buffers)))
     hover = P * len(BUFFER_ROWS) * width <= HOVER_CELL_LIMIT
     sides = [_buffer_cells(trace, r, *buffers[r], hover) for r in range(P)]  # per rank: 3 lists of (value, hover)
     titles = []
     for r in range(P):
-        n_drop = int((trace.used[r] < 0).sum())
+        n_drop = int(trace.dropped_at(r).sum())
         real = f" ({int(trace.recv_tokens[r])} real)" if trace.buffer_slots is not None else ""
         titles.append(f"{gpu_label(r)}: sends {int(trace.send_rows[r])} rows, receives {int(trace.recv_rows[r])}"
                       f"{real}, dropped {n_drop}")
@@ -98,7 +98,7 @@ def _stacked_panels(titles: list[str], spacing: float) -> dict:
 def _buffer_cells(trace: StepTrace, r: int, send_rows: list, recv_rows: list, hover: bool = True) -> list[list[tuple]]:
     """Rank r's send rows, receive rows and dropped assignments as (colour value, hover text)."""
     if not hover:  # values only: formatting tens of thousands of strings is most of a redraw
-        t_d, j_d = np.nonzero(trace.used[r] < 0)
+        t_d, j_d = np.nonzero(trace.dropped_at(r))
         return [[(e if t is not None else -1, "") for _, e, _, t, _ in send_rows],
                 [(e if t is not None else -1, "") for _, e, _, t, _ in recv_rows],
                 [(e, "") for e in trace.chosen[r][t_d, j_d].tolist()]]
@@ -107,7 +107,7 @@ def _buffer_cells(trace: StepTrace, r: int, send_rows: list, recv_rows: list, ho
     recv = [(e, f"from {gpu_label(src)}: token {t} (choice {j}), E{e} slot {s}") if t is not None
             else (-1, f"padding from {gpu_label(src)}, E{e} slot {s} (wasted)")
             for src, e, s, t, j in recv_rows]
-    t_d, j_d = np.nonzero(trace.used[r] < 0)
+    t_d, j_d = np.nonzero(trace.dropped_at(r))
     wanted = trace.chosen[r][t_d, j_d].tolist()
     drop = [(e, f"token {t} (choice {j}) wanted E{e}: dropped, contributes 0")
             for t, j, e in zip(t_d.tolist(), j_d.tolist(), wanted)]
