@@ -325,6 +325,10 @@ def test_chapter_variants_counts_and_the_router_lab_on_two_real_ranks():
 
         ec = traces["expert choice"]
         assert not ec.dropped_at(0).any() and (ec.used[0] < 0).any()
+        for t in range(32):  # a token's path lists the experts that picked it, and only those
+            hops = ec.hops(1, t)
+            assert [h["expert"] for h in hops] == [e for e in ec.used[1, t] if e >= 0]
+            assert len(hops) == ec.experts_per_token[1, t] and not any(h["dropped"] for h in hops)
         titles = [a.text for a in alltoall_buffers(ec).layout.annotations if "dropped" in (a.text or "")]
         assert len(titles) == 2 and all(t.endswith("dropped 0") for t in titles), titles
         tc = traces["token choice"]
