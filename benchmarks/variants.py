@@ -48,7 +48,7 @@ def section_variants(bc) -> dict:
     cfgs = variant_configs(P)
     names = list(cfgs)
     sizes = bc.sizes(SIZES)
-    reps = {512: bc.reps(3, 12), 2048: bc.reps(2, 8)}
+    reps = {512: bc.reps(2, 12), 2048: bc.reps(2, 8)}
     bar = bc.progress(sum(len(names) * (reps[n] + 1) for n in sizes), "variants")
     records, ratios = [], []
     for N in sizes:
