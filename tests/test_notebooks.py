@@ -183,3 +183,23 @@ def test_every_stored_figure_has_a_static_image(path):
         png = out["data"].get("image/png")
         assert png, f"{path.name}: a plotly figure without a PNG: run python -m moe_lab.nb --static {path.name}"
         assert base64.b64decode(png)[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_static_tool_adds_a_png_beside_the_figure_and_keeps_the_json(tmp_path):
+    pytest.importorskip("kaleido")
+    if not pathlib.Path("/usr/bin/chromium").exists():
+        pytest.skip("needs Chromium at /usr/bin/chromium")
+    import base64
+
+    import nbformat
+
+    from moe_lab.nb import PLOTLY_MIME, main
+
+    fig = {"data": [{"type": "bar", "x": [0, 1], "y": [3, 1]}], "layout": {"height": 200}}
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("fig", outputs=[
+        nbformat.v4.new_output("display_data", data={PLOTLY_MIME: fig, "text/plain": "Figure"})])])
+    path = tmp_path / "one.ipynb"
+    nbformat.write(nb, path)
+    assert main(["--static", str(path)]) == 0
+    data = json.loads(path.read_text())["cells"][0]["outputs"][0]["data"]
+    assert data[PLOTLY_MIME] == fig and base64.b64decode(data["image/png"])[:4] == b"\x89PNG"
