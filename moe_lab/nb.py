@@ -78,21 +78,23 @@ def shrink_png(png: bytes, colours: int = 64) -> bytes:
     return out.getvalue() if out.tell() < len(png) else png
 
 
-def add_static_images(path, width: int = 760, scale: float = 1.0) -> int:
-    """Give every plotly output of the notebook at `path` a PNG twin; rewrite it in place.
+def add_static_images(*paths, width: int = 760, scale: float = 1.0) -> dict:
+    """Give every plotly output of the notebooks at `paths` a PNG twin; rewrite them in place.
 
-    Idempotent: an existing PNG is replaced by a fresh rendering. Returns the number of figures.
+    One browser session renders all of them. Idempotent: an existing PNG is replaced by a fresh
+    rendering. Returns {path: number of figures}.
     """
     import nbformat
 
-    path = pathlib.Path(path)
-    nb = nbformat.read(path, as_version=4)
-    outs = plotly_outputs(nb)
-    for out, png in zip(outs, render_png([o["data"][PLOTLY_MIME] for o in outs], width, scale)):
+    books = {pathlib.Path(p): nbformat.read(p, as_version=4) for p in paths}
+    outs = {p: plotly_outputs(nb) for p, nb in books.items()}
+    every = [o for p in books for o in outs[p]]
+    for out, png in zip(every, render_png([o["data"][PLOTLY_MIME] for o in every], width, scale) if every else []):
         out["data"][PNG_MIME] = base64.b64encode(shrink_png(png)).decode("ascii")
         out.setdefault("metadata", {}).setdefault(PNG_MIME, {}).update(width=width)
-    nbformat.write(nb, path)
-    return len(outs)
+    for p, nb in books.items():
+        nbformat.write(nb, p)
+    return {p: len(o) for p, o in outs.items()}
 
 
 def main(argv=None) -> int:
@@ -105,8 +107,7 @@ def main(argv=None) -> int:
     missing = [str(p) for p in args.notebooks if not p.is_file() or p.suffix != ".ipynb"]
     if missing:
         parser.error(f"not a notebook file: {', '.join(missing)}")
-    for p in args.notebooks:
-        n = add_static_images(p, args.width)
+    for p, n in add_static_images(*args.notebooks, width=args.width).items():
         print(f"{p}: {n} figure(s) with a static image, {p.stat().st_size / 1e3:.0f} kB")
     return 0
 
