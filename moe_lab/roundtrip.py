@@ -44,7 +44,8 @@ def roundtrip_on_rank(ctx, cfg, tokens_per_rank: int, src_rank: int, token: int,
 
     back = ragged_exchange(x, order, counts, recv_counts, k, local_expert, ctx.group, lambda _: nullcontext())
     mine = [recv_rows[r]] if r in recv_rows else []
-    result = {name: {row: seen[name][row].cpu() for row in mine} for name in ("received", "expert_out")}
+    # rows are views of whole buffers: clone so only the row travels back to the parent
+    result = {name: {row: seen[name][row].cpu().clone() for row in mine} for name in ("received", "expert_out")}
     if r == src_rank:
         out = x.new_zeros(N * k, x.shape[1]).index_copy(0, order, back)  # [N*k, d] by (token, choice)
         y = combine_weighted(route["gates"], route["used"], out.view(N, k, -1))  # [N, d]
@@ -52,5 +53,5 @@ def roundtrip_on_rank(ctx, cfg, tokens_per_rank: int, src_rank: int, token: int,
         row_of[order] = torch.arange(order.numel(), device=x.device)  # send-buffer row of each assignment
         result.update(x=x[token], gates=route["gates"][token], used=route["used"][token],
                       send_rows=row_of[token * k : (token + 1) * k], returned=out.view(N, k, -1)[token], y=y[token])
-        result.update({name: v.detach().cpu() for name, v in result.items() if torch.is_tensor(v)})
+        result.update({name: v.detach().cpu().clone() for name, v in result.items() if torch.is_tensor(v)})
     return result
