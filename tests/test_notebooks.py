@@ -94,6 +94,13 @@ def _bound(tree) -> set:
     return names
 
 
+def _fixed_number(node) -> bool:
+    """A guess written as a number in the source: 900, -1, 0.25, 4 * 1024 (no names, no calls)."""
+    parts = list(ast.walk(node))
+    return all(isinstance(n, (ast.Constant, ast.BinOp, ast.UnaryOp, ast.operator, ast.unaryop)) for n in parts) and \
+        all(isinstance(n.value, (int, float)) and not isinstance(n.value, bool) for n in parts if isinstance(n, ast.Constant))
+
+
 def _answer(call: ast.Call):
     if len(call.args) >= 2:
         return call.args[1]
@@ -128,8 +135,7 @@ def predictions(cells: list[str]) -> list[dict]:
             revealed_at = next((j for j in range(i + 1, len(trees)) for n in ast.walk(trees[j])
                                 if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
                                 and n.func.attr == "reveal" and isinstance(n.func.value, ast.Name)
-                                and n.func.value.id == var and n.args and isinstance(n.args[0], ast.Constant)
-                                and isinstance(n.args[0].value, (int, float))), None)
+                                and n.func.value.id == var and n.args and _fixed_number(n.args[0])), None)
             found.append(dict(cell=i, var=var, reveals=reveals, revealed_at=revealed_at))
     return found
 
@@ -161,6 +167,9 @@ def test_the_prediction_check_catches_an_answer_already_computed():
     assert predictions(shown_after)[0]["reveals"] is None  # the result was already on screen
     a_number = ["p = Predict('rows?', 3)", "rows = 3", "print(p.reveal(2))"]
     assert predictions(a_number)[0]["reveals"] is None  # not computed from the run
+    assert predictions(["p = Predict('rows?', lambda: rows)", "rows = 3", "p.reveal(4 * 1024)"])[0]["revealed_at"] == 2
+    a_name = ["p = Predict('rows?', lambda: rows)", "rows = 3", "p.reveal(rows)"]
+    assert predictions(a_name)[0]["revealed_at"] is None  # the 'guess' is the answer itself
     never_revealed = ["p = Predict('rows?', lambda: rows)", "rows = 3"]
     assert predictions(never_revealed)[0]["revealed_at"] is None
 
