@@ -62,3 +62,13 @@ def test_crossover_is_where_dispatch_plus_combine_outlast_the_experts():
 def test_hardware_rejects_impossible_numbers():
     with pytest.raises(ValueError, match="inter_bw"):
         Hardware(inter_bw=0)
+
+
+def test_scaling_figure_marks_the_crossover_only_where_there_is_one():
+    from moe_lab.viz import scaling_figure
+
+    Ps = [8, 64, 512, 1024]
+    marked = [t for t in scaling_figure(scaling_table(Ps, matrices=3)).data if t.name == "crossover"]
+    assert len(marked) == 1 and list(marked[0].x) == [512]
+    never = scaling_table(Ps, matrices=3, hw=Hardware(serial_messages=False))
+    assert not [t for t in scaling_figure(never).data if t.name == "crossover"]
