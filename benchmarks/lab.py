@@ -45,7 +45,7 @@ def section_lab(bc) -> dict:
     lab = BalancingLab(cluster, cfg, steps=LAB_STEPS, tokens_per_rank=LAB_TOKENS)
     bar.update(1)
     slider, values = lab.sliders["aux_alpha"], (0.0, 0.01)
-    run_s, first_s, step_s, redrawn = [], [], [], []
+    run_s, first_s, ranks_s, step_s, redrawn = [], [], [], [], []
     for rep in range(reps):
         for which in (("lab", "step") if rep % 2 == 0 else ("step", "lab")):
             if which == "lab":
@@ -55,6 +55,7 @@ def section_lab(bc) -> dict:
                 slider.value = target  # headless: 40 training steps and every redraw before this returns
                 run_s.append(time.perf_counter() - t0)
                 first_s.append(lab.first_redraw_s)
+                ranks_s.append(lab.ranks_s)
                 redrawn.append(lab.runs_done == done + 1 and len(lab.history) == LAB_STEPS and
                                list(lab.figures["load"].data[0].y) == lab.history[-1]["gpu_tokens"])
             else:
@@ -65,7 +66,7 @@ def section_lab(bc) -> dict:
     bar.close()
     ok = dict(checked, matched_reference=checked["matched_reference"] and all(redrawn))
     rec_run = record(f"BalancingLab: alpha slider -> {LAB_STEPS} training steps + redraws", run_s, params,
-                     figures_updated=redrawn, **ok)
+                     figures_updated=redrawn, ranks_s=ranks_s, ranks_median_s=float(np.median(ranks_s)), **ok)
     rec_first = record("BalancingLab: alpha slider -> first redraw", first_s, params, **ok)
     rec_step = record("one forward Cluster.step, same size", step_s, dict(params, steps=1), **checked)
     return dict(status="ok", records=[rec_run, rec_first, rec_step],
@@ -73,4 +74,5 @@ def section_lab(bc) -> dict:
                              meaning=f"a {LAB_STEPS}-step training run (fwd+bwd+Adam, live redraws) in forward steps")],
                 notes=[f"the lab's records were first checked against moe_lab.train.reference_train for {CHECK_STEPS} "
                        "steps (task loss to 1e-4, every count equal)",
-                       f"median per training step: {1e3 * float(np.median(run_s)) / LAB_STEPS:.1f} ms"])
+                       f"median per training step: {1e3 * float(np.median(run_s)) / LAB_STEPS:.1f} ms, of which waiting "
+                       f"for the ranks {1e3 * float(np.median(ranks_s)) / LAB_STEPS:.1f} ms (the rest: merging and drawing)"])

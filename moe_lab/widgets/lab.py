@@ -74,7 +74,7 @@ class BalancingLab(Dashboard):
         self.history: list = []
         self.sweeps: dict = {}  # settings without α -> trade-off points (cached)
         self.runs_done = self.runs_stopped = 0
-        self.run_s = self.first_redraw_s = None
+        self.run_s = self.first_redraw_s = self.ranks_s = None
         self.error: Exception | None = None
         self._busy = self._dirty = self._sweep_wanted = self._holding = False
         self._worker: threading.Thread | None = None
@@ -225,12 +225,15 @@ class BalancingLab(Dashboard):
         if balance not in ("aux", "aux+bias"):
             cfg = cfg.replace(aux_alpha=0.0)
         history, first = [], 0
+        self.ranks_s = 0.0  # time spent waiting for the ranks in this run (the rest is drawing)
         while first < steps:
             if self._dirty:
                 return
             count = 1 if first == 0 else min(self.redraw_every, steps - first)  # the first redraw comes fast
+            t0 = time.perf_counter()
             parts = self.cluster.run(train_steps_on_rank, cfg, self.tokens_per_rank, balance, self.lr,
                                      settings["gamma"], settings["start"], first, count)
+            self.ranks_s += time.perf_counter() - t0
             for i in range(count):
                 history.append(merge_step(first + i, [p[i] for p in parts], self.world_size, balance))
             first += count

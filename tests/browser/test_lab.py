@@ -110,7 +110,7 @@ def settle(page, want, what: str) -> tuple[dict, dict]:
 def test_dragging_alpha_moves_the_load_from_collapsed_to_balanced(page, lab_server):
     test = "test_dragging_alpha_moves_the_load_from_collapsed_to_balanced"
     open_notebook(page, lab_server, LOAD_BALANCING)
-    state = run_all(page)
+    state = run_all(page, timeout_s=600)  # the chapter trains a dozen 40-step runs
     assert not error_outputs(page), error_outputs(page)
     assert state["unexecuted"] == [], state
     page.evaluate(_LAB_JS)
