@@ -207,7 +207,7 @@ class BalancingLab(Dashboard):
                         if _key(settings) != self._last_key:
                             self._run_settings(settings)
                     else:
-                        self.sweep()
+                        self._sweep()
                 except Exception as e:  # noqa: BLE001 - show it beside the controls, keep the last figures
                     self.error = e
                     self.status.value = f"<span style='color:#d62728'><b>run failed:</b> {html.escape(str(e))}</span>"
@@ -272,11 +272,21 @@ class BalancingLab(Dashboard):
     # ---- the trade-off -------------------------------------------------------------------------
     def sweep(self) -> list:
         """Final busiest/fair-share and task loss for each of `sweep_alphas` with the other settings
-        as they are (the aux loss switched on), each a full run from the same start. Cached per
-        settings. Returns the points (dicts with alpha, busiest_over_fair, task_loss, dropped_share)."""
+        as they are (the aux loss switched on), each a full run from the same start; what the button
+        does, run before this returns. Cached per settings. Returns the points (dicts with alpha,
+        busiest_over_fair, task_loss, dropped_share)."""
+        self._request(sweep=True)  # through the same queue as the controls: one run on the ranks at a time
+        return self.sweeps.get(self._sweep_key(), [])
+
+    def _sweep_key(self) -> tuple:
         settings = self.settings()
         balance = "aux+bias" if settings["balance"] in ("bias", "aux+bias") else "aux"
-        key = _key(dict(settings, balance=balance, cfg=settings["cfg"].replace(aux_alpha=0.0)))
+        return _key(dict(settings, balance=balance, cfg=settings["cfg"].replace(aux_alpha=0.0)))
+
+    def _sweep(self) -> None:
+        settings = self.settings()
+        balance = "aux+bias" if settings["balance"] in ("bias", "aux+bias") else "aux"
+        key = self._sweep_key()
         if key not in self.sweeps:
             points = []
             for i, alpha in enumerate(self.sweep_alphas):
@@ -287,17 +297,15 @@ class BalancingLab(Dashboard):
                     pass
                 if len(history) < run["steps"]:
                     self.sweep_status.value = "stopped: the settings changed; press again"
-                    return []
+                    return
                 points.append(dict(alpha=float(alpha), **final_values(history)))
             self.sweeps[key] = points
         self._draw_tradeoff()
-        return self.sweeps[key]
 
     def _draw_tradeoff(self) -> None:
         settings = self.settings()
         balance = "aux+bias" if settings["balance"] in ("bias", "aux+bias") else "aux"
-        key = _key(dict(settings, balance=balance, cfg=settings["cfg"].replace(aux_alpha=0.0)))
-        points = self.sweeps.get(key)
+        points = self.sweeps.get(self._sweep_key())
         if points is None:
             self.sweep_status.value = "not measured for these settings yet"
             return
