@@ -40,7 +40,7 @@ def section_lab(bc) -> dict:
     cfg = MoEConfig(num_experts=8 if 8 % P == 0 else P, k=2, capacity_factor=1.25, seed=0)
     params = dict(world_size=P, tokens_per_rank=LAB_TOKENS, steps=LAB_STEPS)
     checked = _check_against_twin(cluster, cfg, LAB_TOKENS)
-    reps = bc.reps(2, 6)
+    reps = bc.reps(1, 6)
     bar = bc.progress(2 * reps + 1, "lab")
     lab = BalancingLab(cluster, cfg, steps=LAB_STEPS, tokens_per_rank=LAB_TOKENS)
     bar.update(1)

@@ -114,13 +114,14 @@ def test_dragging_alpha_moves_the_load_from_collapsed_to_balanced(page, lab_serv
     assert not error_outputs(page), error_outputs(page)
     assert state["unexecuted"] == [], state
     page.evaluate(_LAB_JS)
-    poll(page, lambda: (lambda s: (s.get("bars") is not None, s))(page.evaluate("() => window.__lab.state()")),
-         DRAW_TIMEOUT_S, "the lab's load figure drawn")
     root = page.locator(".jp-Notebook .jp-OutputArea-output").filter(
         has=page.locator(".widget-label", has_text=re.compile(r"^\s*α \(aux loss weight\)")))
     assert root.count() == 1, f"expected one lab output, found {root.count()}"
+    root.scroll_into_view_if_needed()  # plots far outside the window are not laid out
     alpha = root.locator(".widget-slider").filter(has=page.locator(".widget-label", has_text=re.compile(r"^\s*α")))
     load = root.locator(".js-plotly-plot").filter(has_text="busiest GPU asked for")
+    poll(page, lambda: (lambda s: (s.get("bars") is not None, s))(page.evaluate("() => window.__lab.state()")),
+         DRAW_TIMEOUT_S, "the lab's load figure drawn")
     try:
         start, _ = settle(page, lambda k: True, "after run-all")
         default_alpha = start["alpha"]
