@@ -54,6 +54,7 @@ _LAB_JS = r"""
     const load = Array.from(root.querySelectorAll('.js-plotly-plot'))
       .find((gd) => title(gd).includes('busiest GPU asked for'));
     return {found: true, title: load ? title(load) : null,
+            titles: Array.from(root.querySelectorAll('.js-plotly-plot')).map(title),
             bars: load && load.data && load.data.length ? arr(load.data[0].y) : null};
   };
   window.__lab = {state};
@@ -117,11 +118,16 @@ def test_dragging_alpha_moves_the_load_from_collapsed_to_balanced(page, lab_serv
     root = page.locator(".jp-Notebook .jp-OutputArea-output").filter(
         has=page.locator(".widget-label", has_text=re.compile(r"^\s*α \(aux loss weight\)")))
     assert root.count() == 1, f"expected one lab output, found {root.count()}"
-    root.scroll_into_view_if_needed()  # plots far outside the window are not laid out
     alpha = root.locator(".widget-slider").filter(has=page.locator(".widget-label", has_text=re.compile(r"^\s*α")))
     load = root.locator(".js-plotly-plot").filter(has_text="busiest GPU asked for")
-    poll(page, lambda: (lambda s: (s.get("bars") is not None, s))(page.evaluate("() => window.__lab.state()")),
-         DRAW_TIMEOUT_S, "the lab's load figure drawn")
+
+    def drawn():  # a notebook lays out only what is near the window: bring the lab's figures into view
+        alpha.scroll_into_view_if_needed()
+        page.mouse.wheel(0, 300)
+        s = page.evaluate("() => window.__lab.state()")
+        return s.get("bars") is not None, s
+
+    poll(page, drawn, DRAW_TIMEOUT_S * 2, "the lab's load figure drawn")
     try:
         start, _ = settle(page, lambda k: True, "after run-all")
         default_alpha = start["alpha"]
