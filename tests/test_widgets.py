@@ -3,6 +3,7 @@
 A fake stepper routes with the real routing code in this process (tests/trace_factory.py), so these
 tests need no worker ranks; one test at the end drives a real 2-rank Cluster.
 """
+import ipywidgets as w
 import numpy as np
 import plotly.graph_objects as go
 import pytest
@@ -84,15 +85,14 @@ def test_every_control_reaches_the_step(pg, fake):
     s = pg.sliders
     s["tokens_per_rank"].value = 128
     s["skew"].value = 0.5
-    s["aux_alpha"].value = 0.05
     s["policy"].value = "overflow"
     s["priority"].value = "score"
     s["dispatch"].value = "padded"
     last = fake.calls[-1]
     assert (last["tokens_per_rank"], last["skew"]) == (128, 0.5)
     cfg = last["cfg"]
-    assert (cfg.aux_alpha, cfg.policy, cfg.priority, cfg.dispatch) == (0.05, "overflow", "score", "padded")
-    assert len(fake.calls) == 7
+    assert (cfg.policy, cfg.priority, cfg.dispatch) == ("overflow", "score", "padded")
+    assert len(fake.calls) == 6
     assert pg.trace.tokens_per_rank == 128
     assert_figures_show(pg, pg.trace)
 
@@ -271,3 +271,10 @@ def test_a_slider_runs_a_real_step_on_two_ranks():
         assert not np.array_equal(pg.trace.send_counts, before)
         np.testing.assert_array_equal(_z(pg.figures["traffic"]), pg.trace.send_counts)
         assert pg.trace.world_size == 2 and pg.error is None
+
+
+def test_the_playground_has_no_cosmetic_alpha_control(pg):
+    """One forward step cannot react to α: the control lives in the BalancingLab, which trains."""
+    assert "aux_alpha" not in pg.sliders
+    notes = [c.value for box in pg.widget.children[0].children for c in box.children if isinstance(c, w.HTML)]
+    assert any("BalancingLab" in n for n in notes)

@@ -4,19 +4,21 @@ Nothing here starts a process or touches torch. One module per figure family:
 
     step      one step: AlltoAll buffers, [P, P] traffic, per-GPU load, dropped tokens, stragglers
     path      the chapter's Question: one token's trip to its experts' GPUs and back
-    training  load balance over training steps
+    training  load balance over training steps; the balancing lab's figures
     cost      sparsity and scaling tables from moe_lab.cost
     style     the shared colours and labels
     variants  chapter 6: the routing variants side by side (load, experts per token)
 """
 from .cost import scaling_figure, sparsity_figure
 from .path import describe_token_path, token_path
-from .step import alltoall_buffers, dropped_tokens, per_gpu_load, stragglers, traffic_matrix
+from .step import alltoall_buffers, dropped_tokens, expert_time_vs_rows, per_gpu_load, stragglers, traffic_matrix
 from .style import DROPPED_COLOR, KEPT_COLOR, PADDING_COLOR, PHASE_COLORS, expert_colors, gpu_label
-from .training import HISTORY_FIELDS, compare_runs, record_from_trace, training_curves
+from .training import (HISTORY_FIELDS, alpha_tradeoff, compare_runs, expert_drops, gpu_load, lab_curves,
+                       record_from_trace, training_curves)
 from .variants import experts_per_token, variant_load
 
-__all__ = ["alltoall_buffers", "traffic_matrix", "per_gpu_load", "dropped_tokens", "stragglers", "token_path",
+__all__ = ["alltoall_buffers", "traffic_matrix", "per_gpu_load", "dropped_tokens", "stragglers", "expert_time_vs_rows", "token_path",
            "describe_token_path", "training_curves", "compare_runs", "record_from_trace", "HISTORY_FIELDS",
+           "gpu_load", "lab_curves", "expert_drops", "alpha_tradeoff",
            "sparsity_figure", "scaling_figure", "DROPPED_COLOR", "KEPT_COLOR", "PADDING_COLOR", "PHASE_COLORS",
            "expert_colors", "gpu_label", "variant_load", "experts_per_token"]

@@ -244,3 +244,25 @@ def stragglers(trace: StepTrace) -> go.Figure:
 __all__ = ["alltoall_buffers", "traffic_matrix", "per_gpu_load", "dropped_tokens", "stragglers", "token_path",
            "describe_token_path", "training_curves", "compare_runs", "record_from_trace", "HISTORY_FIELDS",
            "expert_colors", "gpu_label"]
+
+
+def expert_time_vs_rows(traces) -> go.Figure:
+    """Each GPU's expert time against the rows its experts received, median over several steps:
+    with experts big enough to dominate, time grows with rows, and the busiest GPU sets the step."""
+    traces = list(traces)
+    P = traces[0].world_size
+    rows = np.median([np.asarray(t.recv_tokens, float) for t in traces], axis=0)  # [P]
+    ms = 1e3 * np.median([np.asarray(t.phase_time_s["experts"], float) for t in traces], axis=0)  # [P]
+    fig = go.Figure(go.Scatter(x=rows, y=ms, mode="markers+text", text=[gpu_label(r) for r in range(P)],
+                               textposition="top center", marker=dict(size=10, color=KEPT_COLOR), name="GPU"))
+    slope = float(ms.max() / rows.max()) if rows.max() > 0 else 0.0
+    fig.add_trace(go.Scatter(x=[0, rows.max()], y=[0, slope * rows.max()], mode="lines", name="time ∝ rows",
+                             line=dict(color="grey", dash="dot")))
+    busiest = int(np.argmax(ms))
+    fig.update_layout(
+        title=f"Expert time grows with the rows received: {gpu_label(busiest)} takes {ms[busiest]:.0f} ms, "
+              f"the median GPU {float(np.median(ms)):.0f} ms<br><sup>median of {len(traces)} steps; every GPU waits "
+              "for the slowest in the combine AlltoAll</sup>",
+        xaxis_title="token copies received (rows)", yaxis_title="expert time (ms)", showlegend=False,
+        height=380, margin=dict(t=80))
+    return fig

@@ -54,7 +54,7 @@ class Playground(Dashboard):
         self.figures = {name: go.FigureWidget(draw(self.trace)) for name, draw in self.FIGURES.items()}
         s = self.sliders
         controls = w.HBox([
-            w.VBox([s["k"], s["capacity_factor"], s["dropless"], s["aux_alpha"]]),
+            w.VBox([s["k"], s["capacity_factor"], s["dropless"], w.HTML(_ALPHA_NOTE, layout=w.Layout(width="420px"))]),
             w.VBox([s["skew"], s["tokens_per_rank"], s["policy"], s["priority"], s["dispatch"]]),
         ])
         f = self.figures
@@ -73,9 +73,6 @@ class Playground(Dashboard):
                                           step=0.05, description="capacity factor", disabled=cf is None,
                                           continuous_update=False, **WIDE),
             dropless=w.Checkbox(value=cf is None, description="dropless (no capacity C)", indent=True),
-            aux_alpha=w.FloatSlider(value=cfg.aux_alpha, min=0.0, max=max(0.1, cfg.aux_alpha), step=0.001,
-                                    readout_format=".3f", description="α (aux loss weight)",
-                                    continuous_update=False, **WIDE),
             skew=w.FloatSlider(value=skew, min=0.0, max=1.0, step=0.05, description="skew (all want E0)",
                                continuous_update=False, **WIDE),
             tokens_per_rank=w.SelectionSlider(options=options, value=int(tokens_per_rank),
@@ -91,7 +88,7 @@ class Playground(Dashboard):
         s = self.sliders
         cfg = self.cfg.replace(
             k=int(s["k"].value), capacity_factor=None if s["dropless"].value else float(s["capacity_factor"].value),
-            aux_alpha=float(s["aux_alpha"].value), policy=s["policy"].value, priority=s["priority"].value,
+            policy=s["policy"].value, priority=s["priority"].value,
             dispatch=s["dispatch"].value)
         return cfg, int(s["tokens_per_rank"].value), float(s["skew"].value)
 
@@ -147,3 +144,7 @@ class Playground(Dashboard):
         return (f"<b>step {1e3 * self.latency_s:.0f} ms</b> on {where} · {cap} · "
                 f"dropped <b>{100 * trace.dropped_share:.1f}%</b> · max/mean load <b>{trace.load_imbalance:.2f}</b> · "
                 f"aux loss {trace.aux_loss:.4f} (α = {cfg.aux_alpha:g}; uniform routing gives α)")
+
+
+# α acts only through training: one forward step cannot react to it, so it is no slider here.
+_ALPHA_NOTE = "<small>α (aux loss weight) acts through training: move it in the <b>BalancingLab</b>.</small>"
