@@ -172,7 +172,7 @@ class Judge:
         if run.status == "dead":
             raise KernelGone(f"the kernel died while running {label} ({run.message})")
         if run.status == "timeout":
-            raise AnswerFailed(f"{label} timed out ({run.message})")
+            raise AnswerFailed(f"{label} {run.message}")
         try:
             answer = read_json(folder / "result.json")
             if "error" in answer:
@@ -239,42 +239,38 @@ class Judge:
         self.ns["__builtins__"] = dict(vars(builtins), __import__=self._import)
         parts, dead, armed = [], "", False
         context = []  # the source cells that ran before an answer: their imports resolve its names
-        answers = {}  # grade-relevant: name defined by an answer -> forbidden names it used
+        answers = {}  # name an answer cell defines -> the forbidden names that cell uses
         for i, cell in enumerate(self.graded.cells):
-            if cell.cell_type != "code" and not gen.is_grade_cell(cell):
+            if cell.cell_type != "code":
                 continue
             src = cell.get("source", "")
+            if not dead and not self.kernel.alive():
+                dead = "the kernel died in an earlier cell"
             if gen.is_grade_cell(cell):
                 parts.append(self._grade(cell, dead, answers))
                 continue
             if gen.is_solution_cell(cell):
                 if self.forbidden and not armed and not dead:
-                    self._kernel(forbid.tripwire_code(self.forbidden), "the grader's tripwires")
+                    self._kernel(forbid.tripwire_code(self.forbidden))
                     armed = True
                 used = forbid.static_uses(src, context, self.forbidden)
                 self._bind_remotes(self.source.cells[i])
                 for n in self._defined(self.source.cells[i]):
                     answers[n] = used
                 if not dead:
-                    r = self._kernel(src, f"your cell {i}")
-                    if r.status == "dead":
-                        dead = f"the kernel died in your cell {i} ({r.message})"
-                    elif r.status != "ok":
-                        self.notes.append(f"your cell {i}: {r.status}: {r.message}")
+                    r = self._kernel(src)
+                    if r.status not in ("ok", "dead"):
+                        self.notes.append(f"your answer cell {i}: {r.status}: {r.message}")
                 continue
             context.append(src)
             if not dead:
-                r = self._kernel(src, f"cell {i}")
-                if r.status == "dead":
-                    dead = f"the kernel died in cell {i} ({r.message})"
+                self._kernel(src)
             try:
                 with _quiet():
                     self._exec_here(src, f"<{self.name} cell {i}>")
             except Exception as e:
                 self.notes.append(f"grader: cell {i} of the source failed here: {type(e).__name__}: {e}"[:300])
             self._adopt_clusters()
-        if dead:
-            self.notes.append(dead)
         return {"parts": parts, "notes": self.notes}
 
     def _defined(self, cell) -> list[str]:
@@ -287,7 +283,7 @@ class Judge:
             return []
         return [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
 
-    def _kernel(self, code: str, what: str) -> Run:
+    def _kernel(self, code: str) -> Run:
         return self.kernel.execute(code, self.cell_timeout)
 
     def _grade(self, cell, dead: str, answers: dict) -> dict:
@@ -296,6 +292,9 @@ class Judge:
         part = {"grade_id": gid, "max_points": points, "points": 0.0, "status": "failed", "message": ""}
         if dead:
             part.update(status="not run", message=dead)
+            return part
+        if not self.kernel.alive():
+            part.update(status="not run", message="the kernel died in an earlier cell")
             return part
         try:
             tree = ast.parse(gen.python_source(cell.source))
@@ -318,7 +317,7 @@ class Judge:
             part.update(status="kernel died", message=str(e))
             return part
         except AnswerFailed as e:
-            part.update(status="timed out" if "timed out" in str(e) else "failed", message=str(e)[:500])
+            part.update(status="timed out" if " timed out" in str(e) else "failed", message=str(e)[:500])
             return part
         except AssertionError as e:
             part["message"] = ("AssertionError: " + str(e)).strip().splitlines()[0][:500] if str(e) else \

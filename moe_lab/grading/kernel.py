@@ -107,8 +107,10 @@ class Kernel:
         while not (reply is not None and idle):
             left = deadline - time.monotonic()
             if left <= 0:
-                if interrupted:  # the interrupt went unanswered: this kernel is lost
-                    return Run("dead", f"stopped answering after running past {timeout:.3g} s", "".join(out))
+                if interrupted:  # the interrupt went unanswered: stop this kernel, nothing more runs in it
+                    self._stop()
+                    return Run("timeout", f"timed out after {timeout:.3g} s and ignored the interrupt "
+                               "(the kernel was stopped)", "".join(out))
                 self._interrupt()
                 interrupted, deadline = True, time.monotonic() + 5.0
                 continue
@@ -157,6 +159,17 @@ class Kernel:
             self.km.interrupt_kernel()
         except Exception:
             pass
+
+    def _stop(self) -> None:
+        try:
+            self.km.shutdown_kernel(now=True)
+        except Exception:
+            pass
+        if self._pgid and self._pgid != os.getpgrp():
+            try:
+                os.killpg(self._pgid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
 
     def close(self) -> None:
         """Kill the box (and so every process in it), then remove its folders."""
