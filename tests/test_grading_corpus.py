@@ -154,3 +154,20 @@ def test_the_score_file_cannot_be_changed_from_inside(corpus_run):
     assert corpus_run["scores"].read_text(encoding="utf-8") == corpus_run["written"]
     assert not corpus_run["home"].exists(), "a submission wrote an IPython startup file into the grader's HOME"
     assert not Path(f"{corpus_run['scores']}.progress.jsonl").exists()
+
+
+@pytest.mark.parametrize("case", ["honest", "honest_loops", "detached_gates"])
+def test_the_self_check_counts_what_the_grader_gives_an_honest_answer(corpus_run, case):
+    """check_exercise() runs only the visible checks; for an answer that is what it seems (no
+    memorised outputs) its points are the grader's."""
+    from moe_lab.grading import check_exercise
+
+    path = corpus_run["built"][case]
+    nb = nbformat.read(str(path), as_version=4)
+    ns: dict = {"__name__": "__main__"}
+    for cell in nb.cells:  # what "Run All" leaves in the kernel before the self-check cell
+        if cell.cell_type == "code" and not gen.is_grade_cell(cell) and "check_exercise(" not in cell.source:
+            exec(compile(cell.source, str(path), "exec"), ns)
+    earned = check_exercise(path, namespace=ns)
+    row = corpus_run["rows"][path.relative_to(corpus_run["subs"]).as_posix()]
+    assert sum(earned.values()) == float(row["score"]), (earned, row)
