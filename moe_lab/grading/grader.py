@@ -35,8 +35,8 @@ from pathlib import Path
 
 from ..paths import PACKAGE_DIR, repo_root
 from . import generate as gen
-from .report import Part, Result, _num, format_table, verdict, write_csv
-from .sandbox import Limits, why_no_sandbox
+from .report import Part, Result, _num, format_table, write_csv
+from .sandbox import why_no_sandbox
 
 DEFAULT_CELL_TIMEOUT = 60.0
 DEFAULT_NOTEBOOK_TIMEOUT = 600.0
