@@ -236,7 +236,7 @@ def test_hanging_submissions_are_cut_off_and_leave_no_process_behind(tmp_path):
         "ex2_drop_slots_solution": answer(ex2, "ex2_drop_slots_solution"),
     }), tmp_path / "loop" / ex2)
     # A loop that ignores interrupts, after starting a child process: cut off, everything killed.
-    stuck = '''def recv_counts(send_matrix):
+    stuck = '''def recv_counts(counts, world_size):
     import signal, subprocess, time
     subprocess.Popen(["sleep", "313.1313"], start_new_session=True)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -288,7 +288,7 @@ def test_a_missing_answer_is_graded_as_the_stub():
     sub.cells = [c for c in sub.cells if gen.grade_id(c) != "ex4_recv_counts_solution"]
     graded = gen.assemble(read(SOLUTIONS / name), sub, name)
     cell = next(c for c in graded.cells if gen.grade_id(c) == "ex4_recv_counts_solution")
-    assert "raise NotImplementedError" in cell.source and "def recv_counts(send_matrix):" in cell.source
+    assert "raise NotImplementedError" in cell.source and "def recv_counts(counts, world_size):" in cell.source
 
 
 def test_submissions_are_matched_by_name_then_grade_ids_then_name_fragment():

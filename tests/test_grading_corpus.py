@@ -6,6 +6,7 @@ Each file in tests/grading_corpus/ is one answer cell with a header:
     # score: 0                          the score it must get
     # says: uses moe_lab.routing...     (optional) text its block of the score table must show
     # build: no-source | duplicate | other-exercise ex3_aux_loss   (optional) how to break the notebook
+    # cell: ex4_recv_counts_solution    (optional) the lines below it go into that answer cell
 
 All of them are graded in ONE run of `python -m moe_lab grade --jobs 2`, as a class would be, so
 honest submissions are graded next to the attacks (and after a startup-file attack) and must keep
@@ -66,7 +67,10 @@ def _build(path: Path, out: Path) -> Path:
     if build == "duplicate":
         nb.cells.insert(i + 1, copy.deepcopy(nb.cells[i]))
         i += 1
-    nb.cells[i].source = body
+    parts = re.split(r"^# cell: (\S+)\n", body, flags=re.MULTILINE)
+    nb.cells[i].source = parts[0]
+    for gid, text in zip(parts[1::2], parts[2::2]):
+        next(c for c in nb.cells if gen.grade_id(c) == gid).source = text
     target = out / f"{path.stem}__{exercise}.ipynb"
     raw = json.loads(nbformat.writes(nb))
     if build == "no-source":
