@@ -45,8 +45,8 @@ def _defined(cell, ns: dict) -> bool:
     import ast
 
     first = cell.source.partition("\n")[0].strip()
-    if first.startswith("%%writefile"):
-        return Path(first.split()[-1]).is_file()
+    if first.startswith("%%writefile"):  # a module the notebook wrote and has imported
+        return Path(first.split()[-1]).stem in sys.modules and Path(first.split()[-1]).is_file()
     try:
         tree = ast.parse(gen.python_source(cell.source))
     except SyntaxError:
