@@ -145,7 +145,8 @@ def _judge_one(path: Path, name: str, source_path: Path, warnings: list[str], li
     """Run the judge for one submission in its own process; its result as plain data."""
     work = Path(tempfile.mkdtemp(prefix="judge-", dir=scratch))
     request = dict(source=str(source_path), submission=str(path.resolve()), name=name,
-                   cell_timeout=limits["cell_timeout"], sandbox=limits["sandbox"],
+                   cell_timeout=limits["cell_timeout"], notebook_timeout=limits["notebook_timeout"],
+                   sandbox=limits["sandbox"],
                    limits=dict(memory_bytes=limits["memory"]), workdir=str(work / "w"), warnings=warnings)
     (work / "w").mkdir()
     (work / "request.json").write_text(json.dumps(request), encoding="utf-8")
@@ -154,7 +155,7 @@ def _judge_one(path: Path, name: str, source_path: Path, warnings: list[str], li
     try:
         proc = subprocess.run([sys.executable, "-m", "moe_lab.grading.judge", str(work / "request.json"),
                                str(work / "result.json")], env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True, timeout=limits["notebook_timeout"] + 120,
+                              stderr=subprocess.PIPE, text=True, timeout=2 * limits["notebook_timeout"] + 300,
                               start_new_session=True)
         out = json.loads((work / "result.json").read_text(encoding="utf-8"))
         if proc.returncode != 0 and "error" not in out:

@@ -80,9 +80,12 @@ def _lazy_clusters() -> None:
 
 
 class Judge:
-    def __init__(self, source, submission, name: str, kernel: Kernel, cell_timeout: float, workdir: Path):
+    def __init__(self, source, submission, name: str, kernel: Kernel, cell_timeout: float, workdir: Path,
+                 notebook_timeout: float = float("inf")):
         self.source, self.name, self.kernel = source, name, kernel
         self.cell_timeout, self.workdir = cell_timeout, workdir
+        self.notebook_timeout = notebook_timeout
+        self.notebook_deadline = time.monotonic() + notebook_timeout  # the kernel has started: the clock runs
         self.graded = gen.assemble(source, submission, name)
         self.forbidden = forbid.forbidden_names(source)
         self.ns: dict = {"__name__": "__main__"}
@@ -254,8 +257,13 @@ class Judge:
             return []
         return [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
 
+    def _left(self) -> float:
+        return min(self.cell_timeout, self.notebook_deadline - time.monotonic())
+
     def _kernel(self, code: str) -> Run:
-        return self.kernel.execute(code, self.cell_timeout)
+        if self._left() <= 0:
+            return Run("timeout", "not run: the notebook's time limit was reached")
+        return self.kernel.execute(code, self._left())
 
     def _grade(self, cell, dead: str, answers: dict) -> dict:
         gid = gen.grade_id(cell)
@@ -266,6 +274,9 @@ class Judge:
             return part
         if not self.kernel.alive():
             part.update(status="not run", message="the kernel died in an earlier cell")
+            return part
+        if self.notebook_deadline - time.monotonic() <= 0:
+            part.update(status="not run", message=f"the notebook ran past its limit of {self.notebook_timeout:g} s")
             return part
         try:
             tree = ast.parse(gen.python_source(cell.source))
@@ -280,7 +291,7 @@ class Judge:
                 part["message"] = f"{answer}: " + "; ".join(forbid.MESSAGE.format(name=u) for u in used)
                 part["status"] = "failed"
                 return part
-        self.deadline = time.monotonic() + self.cell_timeout
+        self.deadline = time.monotonic() + self._left()
         try:
             with _quiet():
                 exec(compile(gen.python_source(cell.source), f"<{gid}>", "exec"), self.ns)
@@ -315,7 +326,8 @@ def main(argv=None) -> int:
         for w in request.get("warnings", []):
             result["notes"].append(w)
         kernel = Kernel(sandbox=request["sandbox"], limits=Limits(**request["limits"]))
-        judge = Judge(source, submission, request["name"], kernel, request["cell_timeout"], workdir)
+        judge = Judge(source, submission, request["name"], kernel, request["cell_timeout"], workdir,
+                      request.get("notebook_timeout", float("inf")))
         out = judge.run()
         result["parts"], result["notes"] = out["parts"], result["notes"] + out["notes"]
     except Exception as e:  # the grader could not run it: not the student's fault
