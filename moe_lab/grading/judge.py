@@ -315,6 +315,7 @@ class Judge:
 def main(argv=None) -> int:
     """request.json: {source, submission, name, cell_timeout, sandbox, limits}; writes result.json."""
     argv = sys.argv[1:] if argv is None else argv
+    _die_with_parent()
     request = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
     result_path = Path(argv[1])
     workdir = Path(request["workdir"])
@@ -337,6 +338,20 @@ def main(argv=None) -> int:
             kernel.close()
     write_json(result_path, result)
     return 0
+
+
+def _die_with_parent() -> None:
+    """A judge whose grader died exits (its box goes with it: bwrap --die-with-parent)."""
+    import threading
+
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(3)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 @contextlib.contextmanager
