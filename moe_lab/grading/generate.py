@@ -277,13 +277,15 @@ def _defined_names(source: str) -> set[str]:
 def _find_answer(src_cell, index: int, source, submission, used: set) -> int | None:
     """Index of the submission cell that holds the student's answer for one solution cell.
 
-    By grade_id; else by cell id (kept when a student deletes the nbgrader metadata); else the last
-    code cell defining the same function; else the same position when the cell count is unchanged.
+    By grade_id (the LAST copy: Jupyter's copy/paste keeps the metadata, and running the notebook
+    leaves the last copy's definition in force); else by cell id (kept when a student deletes the
+    nbgrader metadata); else the last code cell defining the same function; else the same position
+    when the cell count is unchanged.
     """
     cells = submission.cells
     gid = grade_id(src_cell)
     free = [j for j in range(len(cells)) if j not in used and grade_id(cells[j]) in (None, gid)]
-    for j in free:
+    for j in reversed(free):
         if grade_id(cells[j]) == gid:
             return j
     for j in free:
@@ -297,6 +299,30 @@ def _find_answer(src_cell, index: int, source, submission, used: set) -> int | N
     if len(cells) == len(source.cells) and index in free and cells[index].cell_type == src_cell.cell_type:
         return index
     return None
+
+
+def problems(submission) -> list[str]:
+    """Why a notebook cannot be graded as read (a cell without "source", an unknown cell type)."""
+    found = []
+    cells = submission.get("cells") if isinstance(submission, dict) else None
+    if not isinstance(cells, list):
+        return ["it has no list of cells"]
+    for i, cell in enumerate(cells):
+        if not isinstance(cell, dict):
+            found.append(f"cell {i} is not a cell")
+        elif not isinstance(cell.get("source"), (str, list)):
+            found.append(f'cell {i} has no "source"')
+        elif cell.get("cell_type") not in ("code", "markdown", "raw"):
+            found.append(f"cell {i} has cell_type {cell.get('cell_type')!r}")
+    return found
+
+
+def duplicated_answers(source, submission) -> list[str]:
+    """One warning per answer cell that appears more than once (same grade_id): the last is graded."""
+    ids = [grade_id(c) for c in submission.cells if is_solution_cell(c)]
+    wanted = {grade_id(c) for c in source.cells if is_solution_cell(c)}
+    return [f"answer cell {gid!r} appears {ids.count(gid)} times: the last copy is graded"
+            for gid in sorted(set(ids) & wanted) if ids.count(gid) > 1]
 
 
 def assemble(source, submission, name: str = "notebook"):

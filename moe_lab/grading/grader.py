@@ -1,197 +1,246 @@
-"""Grading exercise notebooks: the student's answers, the original checks, a fresh kernel.
+"""Grading submitted exercise notebooks into a score table a class can trust.
 
-A submission is graded against its source in `solutions/`. Only the student's *solution cells*
-are taken from the submission; every other cell (setup, the visible checks and the hidden checks the
-student never saw) comes from the source, so deleting or rewriting a check changes nothing. The
-assembled notebook runs top to bottom in a fresh kernel, with a limit per cell and per notebook:
+A submission is graded against its source in `solutions/`. Only the student's *answer cells* are
+taken from the submission; every check comes from the source. Each submission gets
 
-    grade cell ran, no error          -> its points
-    grade cell raised / timed out     -> 0 (a timed-out cell is interrupted; grading goes on)
-    kernel died (os._exit, SIGKILL)   -> 0 for that cell and every cell after it
+    a sandbox        its kernel runs in a bubblewrap box (moe_lab/grading/sandbox.py): own PID
+                     namespace, no network, read-only system, fresh scratch/HOME, no view of
+                     solutions/, other submissions or the score file; memory/process/file limits
+    outside verdicts the checks run in a judge process of the grader's (moe_lab/grading/judge.py);
+                     the student's functions are called in the kernel on the grader's inputs and
+                     return plain data, compared with references the grader computes itself
+    a judge process  one per submission: a submission that crashes or hangs its judge loses its own
+                     score, never the run's; each result is recorded as soon as it is known
 
-Printed text counts for nothing: a cell passes on the kernel's execute reply and the absence of
-error outputs, never on what it prints. Running the kernel is moe_lab/grading/kernel.py's job;
-building the notebooks (student copies, the assembled one) is moe_lab/grading/generate.py's.
+    grade cell passed                       -> its points
+    failed / timed out / used the library   -> 0, with the check's own message
+    kernel died                             -> 0 for that part and every part after it
 
-    python -m moe_lab grade submissions/ --out scores.csv
+    python -m moe_lab grade submissions/ --out scores.csv [--jobs 2] [--memory 4G]
     python -m moe_lab make-exercises [--check]
 """
 from __future__ import annotations
 
-import asyncio
-import csv
+import concurrent.futures
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
 import sys
-from dataclasses import dataclass, field
+import tempfile
+import threading
 from pathlib import Path
 
-from ..paths import repo_root
+from ..paths import PACKAGE_DIR, repo_root
 from . import generate as gen
-from .kernel import run_notebook
+from .report import Part, Result, _num, format_table, write_csv
+from .sandbox import why_no_sandbox
 
 DEFAULT_CELL_TIMEOUT = 60.0
 DEFAULT_NOTEBOOK_TIMEOUT = 600.0
+DEFAULT_MEMORY = 4 << 30
 _REPO = repo_root() or Path.cwd()
 
 
-@dataclass
-class Part:
-    grade_id: str
-    max_points: float
-    points: float = 0.0
-    status: str = "not run"  # passed | failed | timed out | kernel died | not run
-    message: str = ""
+class SandboxRefused(RuntimeError):
+    """No sandbox here and no --unsafe: grading refuses (the message says why)."""
 
 
-@dataclass
-class Result:
-    notebook: str
-    source: str | None
-    parts: list[Part] = field(default_factory=list)
-    note: str = ""
-    failed: bool = False  # the grader itself could not run it (no kernel): not the student's fault
-
-    @property
-    def score(self) -> float:
-        return sum(p.points for p in self.parts)
-
-    @property
-    def max_score(self) -> float | None:
-        return sum(p.max_points for p in self.parts) if self.source else None
+# --- inputs ---------------------------------------------------------------------------------------
 
 
-# --- finding the submissions ---------------------------------------------------------------------
+def _positive(name: str, value, whole: bool = False):
+    """A finite number > 0 (an int when `whole`), else a ValueError naming the option."""
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+    if ok and whole and int(value) != value:
+        ok = False
+    if not ok:
+        raise ValueError(f"{name}={value!r}: must be a {'whole ' if whole else ''}number > 0")
+    return int(value) if whole else float(value)
 
 
-def find_notebooks(paths) -> list[Path]:
-    """Notebooks named directly, and every notebook under a named folder (checkpoints skipped)."""
-    found = []
+def parse_memory(text) -> int:
+    """'4G', '512M', '2.5G' or a number of bytes -> bytes (ValueError for 0, negatives, nan)."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        return int(_positive("memory", text))
+    m = re.fullmatch(r"\s*([0-9.eE+-]+|nan|inf)\s*([kKmMgGtT]?)i?[bB]?\s*", str(text))
+    if not m:
+        raise ValueError(f"memory={text!r}: give bytes or a size like 4G or 512M")
+    try:
+        number = float(m.group(1))
+    except ValueError:
+        raise ValueError(f"memory={text!r}: give bytes or a size like 4G or 512M") from None
+    scale = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[m.group(2).lower()]
+    value = _positive("memory", number) * scale
+    if value < 256 << 20:
+        raise ValueError(f"memory={text!r}: a kernel needs at least 256M to import torch")
+    return int(value)
+
+
+def find_notebooks(paths) -> tuple[list[Path], list[str], int]:
+    """(notebooks, missing paths, notebooks skipped in folders because they are not exercises).
+
+    A notebook named directly is always graded; under a folder, only notebooks that look like
+    exercises (nbgrader cells, or a file name of one) are, so a chapter notebook is skipped."""
+    found, missing, skipped = [], [], 0
     for p in map(Path, paths):
         if p.is_dir():
-            found += sorted(q for q in p.rglob("*.ipynb") if ".ipynb_checkpoints" not in q.parts)
-        elif p.exists():
+            for q in sorted(q for q in p.rglob("*.ipynb") if ".ipynb_checkpoints" not in q.parts):
+                if _looks_like_exercise(q):
+                    found.append(q)
+                else:
+                    skipped += 1
+        elif p.is_file():
             found.append(p)
         else:
-            raise FileNotFoundError(f"{p}: no such notebook or folder")
-    return found
+            missing.append(f"{p}: no such notebook or folder")
+    return found, missing, skipped
 
 
-# --- grading --------------------------------------------------------------------------------------
-
-
-def _score(graded, verdicts: dict) -> list[Part]:
-    parts, dead = [], False
-    for i, cell in enumerate(graded.cells):
-        if not gen.is_grade_cell(cell):
-            if verdicts.get(i, ("",))[0] == "dead":
-                dead = True
-            continue
-        part = Part(gen.grade_id(cell), float(gen.nbgrader_meta(cell).get("points", 0)))
-        status, message = verdicts.get(i, (None, ""))
-        if status == "ok":
-            part.points, part.status = part.max_points, "passed"
-        elif status == "error":
-            part.status, part.message = "failed", message
-        elif status == "timeout":
-            part.status, part.message = "timed out", message
-        elif status == "dead" or dead:
-            part.status = "kernel died"
-            part.message = "" if status == "dead" else "not run: the kernel died in an earlier cell"
-        else:
-            part.message = "not run: the notebook's time limit, or a kernel that stopped answering"
-        dead = dead or status == "dead"
-        parts.append(part)
-    return parts
-
-
-async def _grade_one(path: Path, sources: dict, limits: dict, gate: asyncio.Semaphore) -> Result:
+def _looks_like_exercise(path: Path) -> bool:
+    if re.match(r"(.*[^a-z])?ex\d+", path.stem, re.IGNORECASE):
+        return True
     try:
-        submission = gen.read_notebook(path)
-    except Exception as e:  # not JSON, not a notebook
-        submission, problem = None, f"could not read the notebook ({type(e).__name__}: {e})"[:300]
-    else:
-        problem = ""
+        return '"nbgrader"' in path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return True  # unreadable: grade it, so the table says why
+
+
+def _read(path: Path):
+    """(notebook, problem): a notebook nbformat accepts, or why it cannot be read."""
+    import nbformat
+
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return None, f"could not read: {type(e).__name__}: {e}"[:300]
+    bad = gen.problems(raw)
+    if bad:
+        return None, "could not read: " + "; ".join(bad[:3])
+    try:
+        return nbformat.from_dict(raw) if raw.get("nbformat", 4) >= 4 else nbformat.reads(json.dumps(raw), 4), ""
+    except Exception as e:
+        return None, f"could not read: {type(e).__name__}: {e}"[:300]
+
+
+def _which_exercise(path: Path, submission, sources: dict) -> tuple[str | None, str]:
+    """(source name, note). A file named for one exercise whose cells are another's says so."""
     name = gen.match_source(path, submission, sources)
-    if name is None:
-        return Result(str(path), None, note=problem or "no matching exercise in the solutions folder")
-    source = sources[name]
-    if submission is None:
-        parts = [Part(gid, pts, message=problem) for gid, pts in gen.graded_parts(source)]
-        return Result(str(path), name, parts, note=problem)
-    graded = gen.assemble(source, submission, name)
+    ids = {gen.grade_id(c) for c in getattr(submission, "cells", [])} - {None}
+    if name and ids:
+        own = ids & {gen.grade_id(c) for c in sources[name].cells}
+        other = [n for n, nb in sources.items() if n != name and ids & {gen.grade_id(c) for c in nb.cells}]
+        if not own and other:
+            return name, (f"this is the notebook of {other[0]}, not of {name}: "
+                          f"submit it as {other[0]} (graded 0 here)")
+    return name, ""
+
+
+# --- grading ----------------------------------------------------------------------------------------
+
+
+def _judge_one(path: Path, name: str, source_path: Path, warnings: list[str], limits: dict, scratch: Path) -> dict:
+    """Run the judge for one submission in its own process; its result as plain data."""
+    work = Path(tempfile.mkdtemp(prefix="judge-", dir=scratch))
+    request = dict(source=str(source_path), submission=str(path.resolve()), name=name,
+                   cell_timeout=limits["cell_timeout"], notebook_timeout=limits["notebook_timeout"],
+                   sandbox=limits["sandbox"],
+                   limits=dict(memory_bytes=limits["memory"]), workdir=str(work / "w"), warnings=warnings)
+    (work / "w").mkdir()
+    (work / "request.json").write_text(json.dumps(request), encoding="utf-8")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_DIR.parent), env.get("PYTHONPATH", "")) if p)
     try:
-        async with gate:
-            verdicts = await run_notebook(graded, **limits)
-    except Exception as e:  # the kernel did not start: nothing the student did
-        parts = [Part(gid, pts) for gid, pts in gen.graded_parts(source)]
-        return Result(str(path), name, parts, note=f"could not grade: {type(e).__name__}: {e}"[:300], failed=True)
-    return Result(str(path), name, _score(graded, verdicts))
+        proc = subprocess.run([sys.executable, "-m", "moe_lab.grading.judge", str(work / "request.json"),
+                               str(work / "result.json")], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True, timeout=2 * limits["notebook_timeout"] + 300,
+                              start_new_session=True)
+        out = json.loads((work / "result.json").read_text(encoding="utf-8"))
+        if proc.returncode != 0 and "error" not in out:
+            out["error"] = f"the judge exited with status {proc.returncode}"
+    except subprocess.TimeoutExpired:
+        out = {"parts": [], "notes": [], "error": f"ran past the notebook limit of {limits['notebook_timeout']:g} s"}
+    except (OSError, ValueError) as e:
+        out = {"parts": [], "notes": [], "error": f"the judge gave no result ({type(e).__name__})"}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def _result(path: Path, name: str, source, out: dict) -> Result:
+    parts = [Part(p["grade_id"], p["max_points"], p["points"], p["status"], p["message"]) for p in out.get("parts", [])]
+    graded = {p.grade_id for p in parts}
+    for gid, pts in gen.graded_parts(source):  # parts the judge never reached
+        if gid not in graded:
+            parts.append(Part(gid, pts, 0.0, "not run", out.get("error", "")))
+    order = {gid: i for i, (gid, _) in enumerate(gen.graded_parts(source))}
+    parts.sort(key=lambda p: order.get(p.grade_id, len(order)))
+    notes = list(out.get("notes", []))
+    failed = "error" in out and not out.get("parts")
+    if "error" in out:
+        notes.append(f"could not grade: {out['error']}")
+    return Result(str(path), name, parts, note="\n".join(notes), failed=failed)
 
 
 def grade(paths, solutions_dir, cell_timeout=DEFAULT_CELL_TIMEOUT, notebook_timeout=DEFAULT_NOTEBOOK_TIMEOUT,
-          jobs: int = 1, kernel_name: str = "python3") -> list[Result]:
-    """Grade every notebook in `paths` (files or folders) against `solutions_dir`; one Result each."""
+          jobs: int = 1, memory=DEFAULT_MEMORY, unsafe: bool = False, on_result=None, report=None) -> list[Result]:
+    """Grade every notebook in `paths` (files or folders) against `solutions_dir`; one Result each.
+
+    Every setting is checked before anything runs (ValueError). Without a sandbox, and without
+    `unsafe=True`, raises SandboxRefused. `on_result(result)` is called as soon as each notebook is
+    graded; `report(text)` receives the run's remarks (missing paths, skipped notebooks)."""
+    cell_timeout = _positive("cell_timeout", cell_timeout)
+    notebook_timeout = _positive("notebook_timeout", notebook_timeout)
+    jobs = _positive("jobs", jobs, whole=True)
+    memory = parse_memory(memory)
     sources = gen.load_sources(solutions_dir)
     if not sources:
         raise FileNotFoundError(f"no source notebooks in {solutions_dir}")
-    notebooks = find_notebooks(paths)
-    limits = dict(cell_timeout=cell_timeout, notebook_timeout=notebook_timeout, kernel_name=kernel_name)
+    notebooks, missing, skipped = find_notebooks(paths)
+    say = report or (lambda text: print(text, file=sys.stderr))
+    for line in missing:
+        say(f"grade: {line}")
+    if skipped:
+        say(f"grade: skipped {skipped} notebook(s) in the given folders that are not exercises")
+    if not unsafe:
+        why = why_no_sandbox()
+        if why:
+            raise SandboxRefused(f"no sandbox can be made here: {why}. Grading runs students' code; "
+                                 "refusing. Pass --unsafe to grade without one (scores then cannot be trusted)")
+    limits = dict(cell_timeout=cell_timeout, notebook_timeout=notebook_timeout, memory=memory, sandbox=not unsafe)
+    lock = threading.Lock()
+    results: list[Result | None] = [None] * len(notebooks)
+    scratch = Path(tempfile.mkdtemp(prefix="moe_lab_grade_"))
+    os.chmod(scratch, 0o700)
 
-    async def run_all():
-        gate = asyncio.Semaphore(max(1, jobs))
-        return await asyncio.gather(*(_grade_one(p, sources, limits, gate) for p in notebooks))
+    def one(i: int, path: Path) -> None:
+        submission, problem = _read(path)
+        name, note = (gen.match_source(path, None, sources), "") if submission is None else \
+            _which_exercise(path, submission, sources)
+        if name is None:
+            r = Result(str(path), None, note=problem or "not an exercise: no matching notebook in the solutions folder")
+        elif submission is None or note:
+            parts = [Part(gid, pts, 0.0, "not run", problem or "another exercise's notebook")
+                     for gid, pts in gen.graded_parts(sources[name])]
+            r = Result(str(path), name, parts, note=problem or note)
+        else:
+            warnings = gen.duplicated_answers(sources[name], submission)
+            r = _result(path, name, sources[name],
+                        _judge_one(path, name, Path(solutions_dir) / name, warnings, limits, scratch))
+        with lock:
+            results[i] = r
+            if on_result:
+                on_result(r)
 
-    return list(_run_to_completion(run_all()))
-
-
-def _run_to_completion(coro):
-    """asyncio.run, also from code that already runs an event loop (a Jupyter cell, a test that
-    drives a browser): then the grading loop gets a thread of its own."""
     try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    import concurrent.futures
-
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, coro).result()
-
-
-def _num(x) -> str:
-    return "" if x is None else (f"{x:g}" if x != int(x) else str(int(x)))
-
-
-def format_table(results: list[Result]) -> str:
-    """One block per notebook: each graded part with its points and verdict, then the total."""
-    lines = []
-    for r in results:
-        lines.append(f"{r.notebook}" + (f"  ({r.source})" if r.source and Path(r.notebook).name != r.source else ""))
-        width = max([len(p.grade_id) for p in r.parts] + [5])
-        for p in r.parts:
-            verdict = p.status + (f": {p.message}" if p.message else "")
-            lines.append(f"  {p.grade_id:<{width}}  {_num(p.points):>3} / {_num(p.max_points):<3}  {verdict}")
-        if r.note:
-            lines.append(f"  note: {r.note}")
-        lines.append(f"  {'total':<{width}}  {_num(r.score):>3} / {_num(r.max_score) or '-':<3}")
-        lines.append("")
-    return "\n".join(lines)
-
-
-def write_csv(results: list[Result], path) -> list[str]:
-    """notebook, score, max_score, then one column per graded part: the union over the notebooks,
-    ordered by exercise and then by position in the exercise (so ex1's parts come first)."""
-    order: dict[str, tuple] = {}
-    for r in results:
-        for i, p in enumerate(r.parts):
-            order.setdefault(p.grade_id, (r.source or "", i))
-    part_ids = sorted(order, key=order.get)
-    columns = ["notebook", "score", "max_score", *part_ids]
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(columns)
-        for r in results:
-            earned = {p.grade_id: _num(p.points) for p in r.parts}
-            w.writerow([r.notebook, _num(r.score), _num(r.max_score), *(earned.get(g, "") for g in part_ids)])
-    return columns
+        with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
+            for f in [pool.submit(one, i, p) for i, p in enumerate(notebooks)]:
+                f.result()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return [r for r in results if r is not None]
 
 
 # --- command line ---------------------------------------------------------------------------------
@@ -204,29 +253,55 @@ def _default_dir(name: str) -> Path:
 
 def _cmd_grade(args) -> int:
     solutions = Path(args.solutions) if args.solutions else _default_dir("solutions")
+    remarks: list[str] = []
+    progress = None
+    if args.out:
+        progress = open(f"{args.out}.progress.jsonl", "w", encoding="utf-8")
+
+    def record(r: Result) -> None:  # kept as soon as known: a crash later loses nothing graded
+        print(f"graded {r.notebook}: {_num(r.score)} / {_num(r.max_score) or '-'}", file=sys.stderr, flush=True)
+        if progress:
+            progress.write(json.dumps({"notebook": r.notebook, "source": r.source, "score": r.score,
+                                       "parts": {p.grade_id: p.points for p in r.parts}}) + "\n")
+            progress.flush()
+
+    def report(text: str) -> None:
+        remarks.append(text)
+        print(text, file=sys.stderr, flush=True)
+
     try:
-        results = grade(args.paths, solutions, args.cell_timeout, args.timeout, args.jobs)
+        results = grade(args.paths, solutions, args.cell_timeout, args.timeout, args.jobs, args.memory,
+                        args.unsafe, on_result=record, report=report)
+    except (ValueError, SandboxRefused) as e:
+        print(f"grade: {e}", file=sys.stderr)
+        return 2
     except (FileNotFoundError, ImportError) as e:
         print(f"grade: {e}", file=sys.stderr)
         return 2
-    except (KeyboardInterrupt, asyncio.CancelledError):
+    except KeyboardInterrupt:
         print("grade: interrupted; no scores written", file=sys.stderr)
         return 130
+    finally:
+        if progress:
+            progress.close()
     if not results:
         print("grade: no notebooks found", file=sys.stderr)
         return 2
-    print(format_table(results))
+    print(format_table(results, unsafe=args.unsafe))
     total = sum(r.score for r in results)
     possible = sum(r.max_score or 0 for r in results)
     print(f"{len(results)} notebook(s) graded: {_num(total)} / {_num(possible)} points")
     if args.out:
         write_csv(results, args.out)
+        os.unlink(f"{args.out}.progress.jsonl")
         print(f"scores written to {args.out}")
     broken = [r.notebook for r in results if r.failed]
+    missing = [t for t in remarks if "no such notebook" in t]
     if broken:
         print(f"grade: could not run {len(broken)} notebook(s): {', '.join(broken)}", file=sys.stderr)
-        return 1
-    return 0
+    if missing:
+        print(f"grade: {len(missing)} path(s) not found (the rest were graded)", file=sys.stderr)
+    return 1 if broken or missing else 0
 
 
 def _cmd_make_exercises(args) -> int:
@@ -253,7 +328,7 @@ def _cmd_make_exercises(args) -> int:
 
 def add_parsers(subparsers) -> None:
     """The `grade` and `make-exercises` subcommands of `python -m moe_lab`."""
-    g = subparsers.add_parser("grade", help="grade exercise notebooks against solutions/ in fresh kernels")
+    g = subparsers.add_parser("grade", help="grade exercise notebooks against solutions/, each in a sandbox")
     g.add_argument("paths", nargs="+", help="submitted notebooks, or folders of them")
     g.add_argument("--out", help="write one CSV row per notebook: notebook, score, max_score, one column per part")
     g.add_argument("--cell-timeout", type=float, default=DEFAULT_CELL_TIMEOUT, metavar="S",
@@ -262,6 +337,10 @@ def add_parsers(subparsers) -> None:
                    help=f"seconds one whole notebook may run (default {DEFAULT_NOTEBOOK_TIMEOUT:g})")
     g.add_argument("--solutions", metavar="DIR", help="source notebooks with the hidden checks (default solutions/)")
     g.add_argument("--jobs", type=int, default=1, metavar="N", help="notebooks graded at the same time (default 1)")
+    g.add_argument("--memory", default="4G", metavar="SIZE",
+                   help="address space per kernel process, e.g. 4G or 512M (default 4G)")
+    g.add_argument("--unsafe", action="store_true",
+                   help="grade without a sandbox when none can be made (the table then carries a warning)")
     g.set_defaults(func=_cmd_grade)
 
     m = subparsers.add_parser("make-exercises", help="generate exercises/ from solutions/")

@@ -1,128 +1,197 @@
-"""Running one assembled notebook in a fresh kernel, with a time limit per cell and per notebook.
+"""One submission's kernel: started in its box, fed code cell by cell, killed with everything it started.
 
-The grader (moe_lab/grading/grader.py) decides what a verdict is worth; this module only produces the
-verdicts, one per code cell that got one:
+The grader never reads a verdict from the kernel: it only sends code and collects what came back
+(an error's first line, the printed text, capped). Whether a check passed is decided in the grader's
+own process (moe_lab/grading/judge.py); this module only runs code and reports
 
-    ("ok", "")               the cell ran and its reply carried no error
-    ("error", first line)    the cell raised: `AssertionError: gates must sum to 1`
-    ("timeout", message)     the cell ran past its limit and was interrupted (grading goes on)
-    ("dead", message)        the kernel died in this cell; nothing after it runs
+    Run("ok", "", text)                 the code ran to the end
+    Run("error", "NameError: ...", text) it raised
+    Run("timeout", "...", text)         it ran past its limit and was interrupted
+    Run("dead", "...", text)            the kernel died, or stopped answering: nothing more runs
 
-The kernel starts in an empty temporary folder (removed afterwards), in a process group of its
-own, and that whole group is killed at the end: whatever a submission started (ranks of a
-Cluster, a stray subprocess) goes with it.
+Output is capped per cell (OUTPUT_CAP bytes, then dropped and marked), so a flood of prints costs
+the grader no memory.
 """
 from __future__ import annotations
 
-import asyncio
-import logging
 import os
+import queue
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..paths import repo_root
+from .sandbox import SCRATCH, Limits, box_argv
 
-TIMEOUT_ENAME = "GradingTimeout"  # ename of a cell cut off by the grader
-_quiet = logging.getLogger("moe_lab.grading.kernel")
-_quiet.addHandler(logging.NullHandler())
-_quiet.setLevel(logging.CRITICAL)
-_quiet.propagate = False
+OUTPUT_CAP = 1 << 20  # bytes of printed output kept per cell
+TRUNCATED = "\n[... output truncated: more than 1 MB printed ...]\n"
 
 
-def kernel_env() -> dict:
-    """The grader's environment, with this copy of moe_lab importable in the kernel."""
-    env = dict(os.environ)
-    root = repo_root()
-    if root is not None:
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
-    env.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
-    return env
+@dataclass
+class Run:
+    status: str  # ok | error | timeout | dead
+    message: str = ""
+    output: str = ""
 
 
-def _first_line(reply_content: dict, errors: list) -> str:
-    """`AssertionError: gates must sum to 1`: the first line of the cell's error, for the table."""
-    err = errors[0] if errors else reply_content
-    text = f"{err.get('ename', 'Error')}: {err.get('evalue', '')}".strip()
-    return text.splitlines()[0][:200]
+def _boxed_manager_class():
+    from jupyter_client import KernelManager
+
+    class BoxedKernelManager(KernelManager):
+        """A KernelManager whose kernel command is wrapped in the box (or left alone when unsafe)."""
+        wrap = staticmethod(lambda argv: argv)
+
+        def format_kernel_cmd(self, extra_arguments=None):
+            return self.wrap(super().format_kernel_cmd(extra_arguments))
+
+    return BoxedKernelManager
 
 
-async def run_notebook(nb, cell_timeout: float, notebook_timeout: float, kernel_name: str) -> dict[int, tuple]:
-    """Run every code cell; return {cell index: (status, message)} for the cells that got a verdict.
+class Kernel:
+    """A fresh IPython kernel in a fresh scratch folder; `sandbox=False` is the `--unsafe` mode."""
 
-    status: "ok", "error", "timeout" (interrupted after its limit), "dead" (the kernel died in it).
-    Cells after a dead kernel, after the notebook's time limit, or after two timeouts whose
-    interrupt went unanswered (a kernel that ignores interrupts) get no verdict.
-    """
-    from nbclient import NotebookClient
-    from nbclient.exceptions import DeadKernelError
+    def __init__(self, sandbox: bool = True, limits: Limits = Limits(), startup_timeout: float = 120.0):
+        self.sandbox, self.limits = sandbox, limits
+        # short: a unix socket path must stay under ~100 characters
+        self.root = Path(tempfile.mkdtemp(prefix="mlg-", dir="/tmp" if os.path.isdir("/tmp") else None))
+        self.scratch = self.root / "s"
+        self.sockets = self.root / "k"
+        self.scratch.mkdir()
+        self.sockets.mkdir()
+        self.workdir = SCRATCH if sandbox else str(self.scratch)  # the kernel's cwd, as it sees it
+        self.km = self.kc = None
+        self._pgid = None
+        self._start(startup_timeout)
 
-    replies: dict[int, dict] = {}
-    limit = [cell_timeout]
-    client = NotebookClient(
-        nb, kernel_name=kernel_name, allow_errors=True, interrupt_on_timeout=True,
-        error_on_timeout={"ename": TIMEOUT_ENAME, "evalue": "cell ran past its time limit", "traceback": []},
-        timeout_func=lambda cell: limit[0], iopub_timeout=2, shutdown_kernel="immediate",
-        record_timing=False, log=_quiet,
-        on_cell_executed=lambda cell, cell_index, execute_reply: replies.__setitem__(cell_index, execute_reply),
-    )
-    verdicts: dict[int, tuple] = {}
-    workdir = tempfile.mkdtemp(prefix="moe_lab_grade_")
-    pgid = None
-    try:
-        quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # the kernel's own log lines
-        async with client.async_setup_kernel(cwd=workdir, env=kernel_env(), **quiet):
-            pgid = getattr(getattr(client.km, "provisioner", None), "pgid", None)
-            _stop_all_on_ctrl_c()  # nbclient's own handler would only stop this kernel
-            deadline = time.monotonic() + notebook_timeout
-            stuck = 0
-            for i, cell in enumerate(nb.cells):
-                if cell.cell_type != "code" or not cell.source.strip():
-                    continue
-                limit[0] = min(cell_timeout, deadline - time.monotonic())
-                if limit[0] <= 0 or stuck >= 2:
-                    break
-                try:
-                    await client.async_execute_cell(cell, i)
-                except DeadKernelError:
-                    verdicts[i] = ("dead", "the kernel died")
-                    break
-                except Exception as e:  # nbclient gave up on this kernel: keep what was earned
-                    verdicts[i] = ("dead", f"{type(e).__name__}: {e}"[:200])
-                    break
-                content = replies.get(i, {}).get("content", {})
-                errors = [o for o in cell.outputs if o.get("output_type") == "error"]
-                if content.get("ename") == TIMEOUT_ENAME:
-                    verdicts[i] = ("timeout", f"timed out after {limit[0]:.3g} s")
-                    stuck = 0 if errors else stuck + 1  # no KeyboardInterrupt seen: still running
-                elif content.get("status") != "ok" or errors:
-                    verdicts[i] = ("error", _first_line(content, errors))
-                    stuck = 0
-                else:
-                    verdicts[i] = ("ok", "")
-                    stuck = 0
-    finally:
-        _kill_group(pgid)
-        shutil.rmtree(workdir, ignore_errors=True)
-    return verdicts
-
-
-def _stop_all_on_ctrl_c() -> None:
-    """Ctrl-C stops the whole grading run; every kernel is still shut down on the way out."""
-    loop = asyncio.get_running_loop()
-    try:
-        loop.add_signal_handler(signal.SIGINT, lambda: [t.cancel() for t in asyncio.all_tasks(loop)])
-    except (RuntimeError, ValueError, NotImplementedError):  # not the main thread, or no signals
-        pass
-
-
-def _kill_group(pgid) -> None:
-    """The kernel ran in its own process group: make sure nothing it started outlives it."""
-    if pgid and pgid != os.getpgrp():
+    def _start(self, timeout: float) -> None:
+        cls = _boxed_manager_class()
+        km = cls(kernel_name="python3", transport="ipc", ip=str(self.sockets / "c"),
+                 connection_file=str(self.sockets / "kernel.json"))
+        km.kernel_spec.interrupt_mode = "message"  # a signal to bwrap would not reach the kernel
+        km.kernel_spec.argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("JPY_", "JUPYTER_"))}
+        if self.sandbox:
+            km.wrap = lambda argv: box_argv(argv, str(self.scratch), str(self.sockets), self.limits)
+        else:
+            root = repo_root()
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root) if root else "", env.get("PYTHONPATH", "")) if p)
+            env["HOME"] = env["TMPDIR"] = str(self.scratch)
+            env["IPYTHONDIR"] = str(self.scratch / ".ipython")
+        self.km = km
+        km.start_kernel(cwd=str(self.scratch), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                        start_new_session=True)
+        self._pgid = getattr(getattr(km, "provisioner", None), "pgid", None)
+        self.kc = km.client()
+        self.kc.start_channels()
         try:
-            os.killpg(pgid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
+            self.kc.wait_for_ready(timeout=timeout)
+        except RuntimeError as e:
+            raise RuntimeError(f"the kernel did not start: {e}") from None
+
+    def alive(self) -> bool:
+        return self.km is not None and self.km.is_alive()
+
+    def execute(self, code: str, timeout: float) -> Run:
+        """Run `code`; collect its printed output (capped) until the kernel is idle again."""
+        if not self.alive():
+            return Run("dead", "the kernel died")
+        msg_id = self.kc.execute(code, store_history=False, allow_stdin=False, stop_on_error=False)
+        deadline = time.monotonic() + max(0.0, timeout)
+        out, size, cut = [], 0, False
+        error, reply, idle, interrupted = None, None, False, False
+        while not (reply is not None and idle):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                if interrupted:  # the interrupt went unanswered: stop this kernel, nothing more runs in it
+                    self._stop()
+                    return Run("timeout", f"timed out after {timeout:.3g} s and ignored the interrupt "
+                               "(the kernel was stopped)", "".join(out))
+                self._interrupt()
+                interrupted, deadline = True, time.monotonic() + 5.0
+                continue
+            if not self.alive():
+                return Run("dead", "the kernel died", "".join(out))
+            got = False
+            try:
+                msg = self.kc.get_iopub_msg(timeout=min(0.2, left))
+                got = True
+            except queue.Empty:
+                pass
+            if got and msg.get("parent_header", {}).get("msg_id") == msg_id:
+                kind, content = msg["msg_type"], msg["content"]
+                text = ""
+                if kind == "stream":
+                    text = content.get("text", "")
+                elif kind in ("execute_result", "display_data"):
+                    text = str(content.get("data", {}).get("text/plain", "")) + "\n"
+                elif kind == "error":
+                    error = content
+                elif kind == "status" and content.get("execution_state") == "idle":
+                    idle = True
+                if text and not cut:
+                    if size + len(text) > OUTPUT_CAP:
+                        text, cut = text[: OUTPUT_CAP - size] + TRUNCATED, True
+                    out.append(text)
+                    size += len(text)
+            if reply is None:
+                try:
+                    r = self.kc.get_shell_msg(timeout=0)
+                    if r.get("parent_header", {}).get("msg_id") == msg_id:
+                        reply = r["content"]
+                except queue.Empty:
+                    pass
+        printed = "".join(out)
+        if interrupted:
+            return Run("timeout", f"timed out after {timeout:.3g} s", printed)
+        if reply.get("status") != "ok" or error:
+            err = error or reply
+            first = f"{err.get('ename', 'Error')}: {err.get('evalue', '')}".strip().splitlines() or [""]
+            return Run("error", first[0][:300], printed)
+        return Run("ok", "", printed)
+
+    def _interrupt(self) -> None:
+        try:
+            self.km.interrupt_kernel()
+        except Exception:
             pass
+
+    def _stop(self) -> None:
+        try:
+            self.km.shutdown_kernel(now=True)
+        except Exception:
+            pass
+        if self._pgid and self._pgid != os.getpgrp():
+            try:
+                os.killpg(self._pgid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def close(self) -> None:
+        """Kill the box (and so every process in it), then remove its folders."""
+        try:
+            if self.kc is not None:
+                self.kc.stop_channels()
+        except Exception:
+            pass
+        try:
+            if self.km is not None and self.km.has_kernel:
+                self.km.shutdown_kernel(now=True)
+        except Exception:
+            pass
+        if self._pgid and self._pgid != os.getpgrp():
+            try:
+                os.killpg(self._pgid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
