@@ -95,7 +95,9 @@ def test_renormalised_gates_lose_the_layer_points_only(rows):
     assert (float(r["ex8_pick_tokens"]), float(r["ex8_ties"]), float(r["ex8_layer"])) == (2, 1, 0), r
 
 
-def test_calling_the_library_selection_earns_nothing_for_that_task(rows):
+def test_calling_the_library_selection_earns_nothing_for_what_uses_it(rows):
     r = rows["borrowed"]
     assert float(r["ex8_pick_tokens"]) == 0 and float(r["ex8_ties"]) == 0, r
-    assert float(r["ex8_layer"]) == 3, r  # the layer answer is the student's own and uses their pick_tokens
+    # the layer answer is the student's own, but it runs their pick_tokens, which reaches the library:
+    # at grading time that call trips, so the layer earns nothing either
+    assert float(r["ex8_layer"]) == 0, r
