@@ -59,6 +59,40 @@ def test_quick_suite_writes_every_section_and_every_contender_matches(quick_run)
     assert "== targets ==" in proc.stdout
 
 
+def _contenders(data, section):
+    return {r["contender"] for r in data["sections"][section]["records"]}
+
+
+def test_quick_suite_measures_cold_start_with_and_without_prewarm(quick_run):
+    _, out = quick_run
+    data = json.loads((out / "bench-quick-w2.json").read_text())
+    names = _contenders(data, "startup")
+    for label in ("prewarm on, Cluster right after import", "prewarm on, Cluster 3 s after import", "prewarm off"):
+        assert any(n.startswith("cold start, " + label) for n in names), label
+        assert any(n.startswith("import moe_lab, " + label) for n in names), label
+    targets = {t["name"]: t for t in data["targets"]}
+    assert targets["cold start, Cluster right after import"]["measured"] is not None
+    assert targets["cold start, Cluster 3 s after import"]["measured"] is not None
+
+
+def test_quick_suite_measures_the_step_against_its_bare_alltoalls(quick_run):
+    _, out = quick_run
+    data = json.loads((out / "bench-quick-w2.json").read_text())
+    sec = data["sections"]["interactivity"]
+    floor = next(r for r in sec["records"] if r["contender"].startswith("three bare gloo AlltoAlls"))
+    assert floor["errors"] == {"rows_not_back": 0.0} and floor["n"] >= 1
+    assert any(r["name"] == "step round trip / three bare AlltoAlls" and r["value"] > 0 for r in sec["ratios"])
+
+
+def test_quick_suite_moves_big_tensors_both_ways_by_value_and_by_shared_memory(quick_run):
+    _, out = quick_run
+    data = json.loads((out / "bench-quick-w2.json").read_text())
+    recs = [r for r in data["sections"]["transport"]["records"] if "direction" in r["params"]]
+    assert {(r["params"]["direction"], r["params"]["by_value"]) for r in recs} == {
+        ("results", True), ("results", False), ("arguments", True), ("arguments", False)}
+    assert all(r["matched_reference"] for r in recs)
+
+
 def test_peer_section_matches_when_fairscale_is_installed(quick_run):
     _, out = quick_run
     peer = json.loads((out / "bench-quick-w2.json").read_text())["sections"]["peer"]
