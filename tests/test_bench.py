@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import fairscale_peer as bench_fairscale
+from benchmarks import titan_peer as bench_titan
 from benchmarks.suite import SECTIONS, BenchContext, parse_sections
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -117,3 +118,21 @@ def test_bad_section_name_is_refused():
     with pytest.raises(ValueError, match="unknown section"):
         parse_sections("startup,warp")
     assert parse_sections("peer,startup") == ["startup", "peer"]
+
+
+def test_titan_section_matches_when_torchtitan_is_installed(quick_run):
+    _, out = quick_run
+    sec = json.loads((out / "bench-quick-w2.json").read_text())["sections"]["titan"]
+    if bench_titan.available() is None:
+        assert sec["status"] == "skipped" and "torchtitan" in sec["reason"]
+        return
+    assert sec["status"] == "ok"
+    assert {r["contender"] for r in sec["records"]} == {bench_titan.OURS, bench_titan.THEIRS}
+    assert all(r["matched_reference"] for r in sec["records"])
+    assert all(c["compared_tokens"] > 0 for c in sec["checks"])
+
+
+def test_titan_section_skips_cleanly_without_torchtitan(monkeypatch):
+    monkeypatch.setattr(bench_titan, "available", lambda: None)
+    sec = bench_titan.section_titan(BenchContext(quick=True, world_size=2))
+    assert sec["status"] == "skipped" and "pip install" in sec["reason"]
