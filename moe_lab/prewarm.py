@@ -20,8 +20,10 @@ import signal
 import sys
 import threading
 
-# Imported once by the forkserver, so each rank starts with them loaded.
-PRELOAD = ["torch", "torch.distributed", "moe_lab.cluster", "moe_lab.layer"]
+# Imported once by the forkserver, so each rank starts with them loaded. torch._dynamo comes last:
+# the layer does not need it, but an optimiser's first step imports it (about a second per rank
+# otherwise, on every rank at once: the first training step of a notebook).
+PRELOAD = ["torch", "torch.distributed", "moe_lab.cluster", "moe_lab.layer", "torch._dynamo"]
 
 _thread: threading.Thread | None = None
 
