@@ -122,7 +122,8 @@ def _titan_forward(ours, disp, experts, x, cfg):
 
     r = route_block(x, ours.router_w, cfg)
     counts = torch.bincount(r["chosen"].reshape(-1), minlength=cfg.num_experts)  # [E]
-    routed, per_local, meta = disp.dispatch(x, r["gates"], r["chosen"], counts)  # expert-major rows
+    # its dispatch views the tables flat: hand it contiguous [N, k] copies (top-k columns of a sort are not)
+    routed, per_local, meta = disp.dispatch(x, r["gates"].contiguous(), r["chosen"].contiguous(), counts)
     out = torch.cat([experts(e, rows) for e, rows in enumerate(routed.split(per_local.tolist()))])
     return disp.combine(out, meta, x)
 
