@@ -17,6 +17,9 @@ from benchmarks import titan_peer as bench_titan
 from benchmarks.suite import SECTIONS, BenchContext, parse_sections
 
 ROOT = Path(__file__).resolve().parent.parent
+# the quick suite starts three fresh processes for the cold start and runs every section once:
+# about two minutes on an idle 2-core machine, much more on a busy one
+pytestmark = pytest.mark.timeout(900)
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +27,7 @@ def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run([sys.executable, "-m", "moe_lab", "bench", "--quick", "--world-size", "2", "--out", str(out)],
-                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=240)
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=840)
     return proc, out
 
 
