@@ -95,3 +95,51 @@ def spawned_step(rank: int, world_size: int, init_file: str, out_dir: str, cfg, 
         torch.save(tensors["y"], os.path.join(out_dir, f"y{rank}.pt"))
     finally:
         dist.destroy_process_group()
+
+
+# ---- the step's floor: its three AlltoAlls and nothing else ------------------------------------------
+def bare_alltoalls(ctx, send_counts, d: int, num_experts: int, check: bool = False):
+    """The three gloo AlltoAlls of one ragged step, with the step's own sizes and nothing else:
+    the count exchange ([E] longs, equal splits), the dispatch (send_counts[r][j] rows of d floats
+    to rank j) and the combine (the same rows back). Seconds after a barrier; with `check`, the
+    number of rows that did not come back to where they started (0 when the exchange is right)."""
+    P, r = ctx.world_size, ctx.rank
+    cache = ctx.state("bench.floor")
+    key = (tuple(map(tuple, send_counts)), d, num_experts)
+    if key not in cache:
+        cache.clear()
+        send = [int(c) for c in send_counts[r]]
+        recv = [int(send_counts[s][r]) for s in range(P)]
+        rows = sum(send)
+        src = (r * 1e6 + torch.arange(rows, dtype=torch.float32)).unsqueeze(1).repeat(1, d).contiguous()  # row ids
+        cache[key] = (torch.zeros(num_experts, dtype=torch.long), torch.empty(num_experts, dtype=torch.long),
+                      src, torch.empty(sum(recv), d), torch.empty_like(src), send, recv)
+    counts, counts_out, src, mid, back, send, recv = cache[key]
+    back.zero_()
+    dist.barrier(group=ctx.group)
+    t0 = time.perf_counter()
+    dist.all_to_all_single(counts_out, counts, group=ctx.group)
+    dist.all_to_all_single(mid, src, recv, send, group=ctx.group)
+    dist.all_to_all_single(back, mid, send, recv, group=ctx.group)
+    elapsed = time.perf_counter() - t0
+    return int((back != src).any(dim=1).sum()) if check else elapsed
+
+
+# ---- notebook <-> ranks: a big tensor each way, pickled by value or through shared memory ------------
+def rank_output(ctx, rows: int, d: int, by_value: bool):
+    """This rank's [rows, d] output (row i holds rank * rows + i). by_value: returned as pickled
+    bytes, which cross the pipe byte by byte (the parent unpickles them); else as the tensor itself,
+    which Cluster sends through shared memory."""
+    import pickle
+
+    y = (ctx.rank * rows + torch.arange(rows, dtype=torch.float32)).unsqueeze(1).expand(rows, d).contiguous()
+    return pickle.dumps(y, protocol=pickle.HIGHEST_PROTOCOL) if by_value else y
+
+
+def rank_input(ctx, x) -> float:
+    """Sum of a [rows, d] argument, received as pickled bytes or as a (shared) tensor."""
+    import pickle
+
+    if isinstance(x, bytes):
+        x = pickle.loads(x)
+    return float(x.double().sum())

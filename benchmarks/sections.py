@@ -46,10 +46,17 @@ def section_interactivity(bc) -> dict:
     respawn_check = None
     cluster.step(cfg, N)  # warm: the layer and the tokens are built on the ranks
     bar.update(1)
-    step_s, step_rank_s, respawn_s = [], [], []
+    from .ranks import bare_alltoalls
+
+    sizes = (trace_counts(cluster.step(cfg, N)), cfg.d_model, cfg.num_experts)  # the step's own AlltoAll sizes
+    floor_check = check({"rows_not_back": float(sum(cluster.run(bare_alltoalls, *sizes, True)))}, tol=0.0)
+    step_s, step_rank_s, respawn_s, floor_s = [], [], [], []
     for rep in range(rounds):
-        for which in _interleave(rep, ("step", "respawn")):
-            if which == "step":
+        for which in _interleave(rep, ("step", "floor", "respawn")):
+            if which == "floor":  # the transport alone, as often as the step, between its samples
+                for _ in range(steps_per_round):
+                    floor_s.append(max(cluster.run(bare_alltoalls, *sizes)))
+            elif which == "step":
                 for _ in range(steps_per_round):
                     t0 = time.perf_counter()
                     trace = cluster.step(cfg, N)
@@ -78,13 +85,20 @@ def section_interactivity(bc) -> dict:
     rec_step = record("Cluster.step round trip (persistent ranks)", step_s, params, max_rank_time_s=step_rank_s, **ours_check)
     rec_resp = record("respawn per step (start Cluster, step, close)", respawn_s, params, **respawn_check)
     rec_spawn = record("spawn per step (torch.multiprocessing.spawn, no preload)", spawn_s, params, **spawn_check)
-    records = [rec_step, rec_resp, rec_spawn]
-    ratios = [dict(name="respawn / persistent step", params=params, value=ratio(rec_resp, rec_step),
+    rec_floor = record("three bare gloo AlltoAlls, the step's sizes (max over ranks)", floor_s, params, **floor_check)
+    records = [rec_step, rec_floor, rec_resp, rec_spawn]
+    ratios = [dict(name="step round trip / three bare AlltoAlls", params=params, value=ratio(rec_step, rec_floor),
+                   meaning="the step against its transport floor (count exchange, dispatch, combine alone)"),
+              dict(name="step on the ranks (max over ranks) / three bare AlltoAlls", params=params,
+                   value=float(np.median(step_rank_s)) / rec_floor["median"] if rec_floor["median"] else None,
+                   meaning="the same without the notebook <-> ranks round trip"),dict(name="respawn / persistent step", params=params, value=ratio(rec_resp, rec_step),
                    meaning="how many times faster a slider move is with persistent ranks"),
               dict(name="spawn per step / persistent step", params=params, value=ratio(rec_spawn, rec_step),
                    meaning="against a fresh torch.multiprocessing.spawn group per step")]
     notes = [f"threads per rank: {cluster.threads}; the respawns reuse this process's warm forkserver (torch, "
-             "torch.distributed, torch._dynamo and moe_lab already imported): the best case for respawning",
+             "torch.distributed and moe_lab already imported): the best case for respawning",
+             "floor: the step's three AlltoAlls alone (count exchange, dispatch, combine with the step's own splits), "
+             "timed on the ranks after a barrier, interleaved with the steps",
              "spawn per step: what a notebook without a persistent pool does; every rank imports torch itself"]
     pg = _playground(bc, cfg, N, bar)
     if pg.get("record"):
@@ -92,6 +106,11 @@ def section_interactivity(bc) -> dict:
     notes += pg["notes"]
     bar.close()
     return dict(status="ok", records=records, ratios=ratios, notes=notes, playground_status=pg["status"])
+
+
+def trace_counts(trace) -> list:
+    """[P, P] rows rank i sends rank j at dispatch, as plain lists (what the bare AlltoAlls move)."""
+    return [[int(v) for v in row] for row in np.asarray(trace.send_counts)]
 
 
 def _spawn_once(P: int, cfg, N: int, check_result: bool = False):

@@ -3,7 +3,8 @@
     python -m moe_lab bench [--quick] [--out DIR] [--world-size W] [--sections a,b]
     python benchmarks/run.py ...            (the same, from a checkout)
 
-Sections (in this order): startup, interactivity, lab, floor, ragged_vs_padded, peer, transport, variants, course.
+Sections (in this order): startup, interactivity, lab, floor, ragged_vs_padded, peer, titan, transport, variants,
+course.
 All sections that need ranks share one persistent Cluster of `world_size` ranks. Writes
 `bench[-quick][-wW].json` (every raw sample, machine facts, checks, targets) and a plotly
 summary `bench[...].html` (plus `.png` when kaleido is importable) into the output folder.
@@ -21,7 +22,8 @@ from pathlib import Path
 
 from .common import check, load_average, machine_info, record
 
-SECTIONS = ("startup", "interactivity", "lab", "floor", "ragged_vs_padded", "peer", "transport", "variants", "course")
+SECTIONS = ("startup", "interactivity", "lab", "floor", "ragged_vs_padded", "peer", "titan", "transport", "variants",
+            "course")
 
 
 @dataclass
@@ -87,13 +89,14 @@ def _sections():
     from .lab import section_lab
     from .sections import section_floor, section_interactivity, section_ragged_vs_padded
     from .startup import section_startup
+    from .titan_peer import section_titan
     from .transport import section_transport
     from .variants import section_variants
 
     return dict(startup=section_startup, interactivity=section_interactivity, lab=section_lab,
                 floor=section_floor,
-                ragged_vs_padded=section_ragged_vs_padded, peer=section_peer, transport=section_transport,
-                variants=section_variants, course=section_course)
+                ragged_vs_padded=section_ragged_vs_padded, peer=section_peer, titan=section_titan,
+                transport=section_transport, variants=section_variants, course=section_course)
 
 
 def parse_sections(text: str | None) -> list:

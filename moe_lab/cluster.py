@@ -11,11 +11,11 @@ Ranks also exit by themselves when this process dies (a kernel restart).
 """
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import pickle
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -26,13 +26,11 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from multiprocessing.connection import wait
 
+from . import wire
 from .config import check_world_size
 from .paths import usable_cores
-
-# Imported once by the forkserver, so each rank starts with them loaded (a rank's first functional
-# collective would otherwise import torch._dynamo: about a second per rank).
-_PRELOAD = ["torch", "torch.distributed", "torch.distributed._functional_collectives", "torch._dynamo",
-            "moe_lab.cluster", "moe_lab.layer"]
+from .prewarm import PRELOAD as _PRELOAD  # noqa: F401 - the forkserver's preload (kept importable here)
+from .prewarm import forkserver_context
 # Words in a rank's error that mean "my peer went away", not "I am the cause".
 _SECONDARY = ("DistBackendError", "Connection closed", "Connection reset", "Timed out", "timed out",
               "gloo", "NCCL", "Broken pipe", "peer")
@@ -147,16 +145,18 @@ class Cluster:
         if self.running:
             return self
         _stop(self._procs, self._conns, self._dirs)
-        ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(_PRELOAD)
+        ctx = forkserver_context()  # usually already running: started when moe_lab was imported
         tmp = tempfile.mkdtemp(prefix="moe_lab_")
         self._dirs.append(tmp)
         init = os.path.join(tmp, "rendezvous")
+        # the forkserver may have started before this process changed sys.path or its environment:
+        # every rank gets them as they are now
+        here = (list(sys.path), dict(os.environ))
         for rank in range(self.world_size):
             parent_end, child_end = ctx.Pipe()
             p = ctx.Process(target=_worker, name=f"moe_lab-rank{rank}", daemon=True,
                             args=(rank, self.world_size, self.backend, init, self.timeout, self.threads,
-                                  child_end, os.getpid()))
+                                  child_end, os.getpid(), here))
             p.start()
             child_end.close()
             self._procs.append(p)
@@ -199,17 +199,18 @@ class Cluster:
     def run(self, fn, *args, **kwargs) -> list:
         """fn(ctx, *args, **kwargs) on every rank; returns the per-rank results, rank order."""
         check_importable(fn)
-        try:
-            payload = pickle.dumps((fn, args, kwargs))
-        except Exception as e:  # noqa: BLE001 - tell the user which argument cannot travel
-            raise TypeError(f"the arguments of {fn.__qualname__} cannot be sent to the ranks: {e}") from e
         with self._lock:
+            seq = self._seq + 1
+            try:  # one message for every rank (pickled again per rank only to hand out shared tensors)
+                msg, shared = _message(seq, fn, args, kwargs)
+            except Exception as e:  # noqa: BLE001 - tell the user which argument cannot travel
+                raise TypeError(f"the arguments of {fn.__qualname__} cannot be sent to the ranks: {e}") from e
             if not self.running:
                 self.start()
-            self._seq += 1
-            for c in self._conns:
-                c.send_bytes(pickle.dumps((self._seq, payload)))
-            return self._gather(self._seq, getattr(fn, "__qualname__", "fn"))
+            self._seq = seq
+            for r, c in enumerate(self._conns):
+                c.send_bytes(msg if r == 0 or not shared else _message(seq, fn, args, kwargs)[0])
+            return self._gather(seq, getattr(fn, "__qualname__", "fn"))
 
     def step(self, cfg, tokens_per_rank: int = 512, skew: float = 0.0, backward: bool = False):
         """One seeded step of the MoE layer on every rank, merged into a StepTrace."""
@@ -230,7 +231,7 @@ class Cluster:
         conn, proc = self._conns[r], self._procs[r]
         if conn.poll():
             try:
-                reply_seq, ok, value = conn.recv()
+                reply_seq, ok, value = wire.loads(conn.recv_bytes())
             except (EOFError, OSError):
                 proc.join(0.5)
                 return "dead", proc.exitcode
@@ -294,6 +295,15 @@ def _failure(what, errors, dead, pending, timeout) -> Exception:
     return RankError(r, f"raised during {what}: {errors[r].strip().splitlines()[-1]}", errors[r])
 
 
+def _message(seq, fn, args, kwargs):
+    """(bytes, whether a tensor went as a shared-memory handle: then each rank needs its own message).
+    The call itself is wrapped in a plain (seq, bytes) pair, so a rank that cannot unpickle it (a
+    module it cannot import) still knows which call to answer with its traceback."""
+    before = wire.handles_made()
+    payload = wire.dumps((fn, args, kwargs))
+    return pickle.dumps((seq, payload), protocol=pickle.HIGHEST_PROTOCOL), wire.handles_made() != before
+
+
 def _owner(obj, conns, procs) -> int:
     for r, (c, p) in enumerate(zip(conns, procs)):
         if obj is c or obj == p.sentinel:
@@ -338,10 +348,15 @@ def _watch_parent(parent_pid: int, ppid: int) -> None:
             os._exit(3)
 
 
-def _worker(rank, world_size, backend, init_file, timeout, threads, conn, parent_pid):
+def _worker(rank, world_size, backend, init_file, timeout, threads, conn, parent_pid, here=None):
     import torch
     import torch.distributed as dist
 
+    if here is not None:  # the parent's sys.path and environment now, not when the forkserver started
+        sys.path[:] = here[0]
+        os.environ.update(here[1])
+        for key in set(os.environ) - set(here[1]):
+            del os.environ[key]
     torch.set_num_threads(threads)  # before the first torch op: ranks must not fight over cores
     threading.Thread(target=_watch_parent, args=(parent_pid, os.getppid()), daemon=True).start()
     device = torch.device("cpu")
@@ -361,14 +376,13 @@ def _worker(rank, world_size, backend, init_file, timeout, threads, conn, parent
             msg = conn.recv_bytes()
         except (EOFError, OSError):
             break
-        seq_payload = pickle.loads(msg) if msg else None
-        if seq_payload is None:
+        call = pickle.loads(msg) if msg else None
+        if call is None:
             break
-        seq, payload = seq_payload
+        seq, payload = call
         try:
-            fn, args, kwargs = pickle.loads(payload)
-            reply = (seq, True, fn(ctx, *args, **kwargs))
-            conn.send(reply)
+            fn, args, kwargs = wire.loads(payload)
+            conn.send_bytes(wire.dumps((seq, True, fn(ctx, *args, **kwargs))))
         except BaseException:  # noqa: BLE001
             conn.send((seq, False, traceback.format_exc()))
     dist.destroy_process_group()

@@ -2,8 +2,10 @@
 
 Two AlltoAlls per layer (the chapter's "Communication Pattern"): dispatch sends every kept
 assignment's token to the rank that holds its expert; combine sends the expert outputs back
-along the same rows. Both go through torch's functional collectives, so autograd runs the
-reverse AlltoAll in backward (the gradient of a dispatch is a combine and vice versa).
+along the same rows. Both are one plain `all_to_all_single` inside an autograd Function whose
+backward is the reverse AlltoAll (the gradient of a dispatch is a combine and vice versa): the
+same maths as torch's functional collectives, without their per-call wrapping (and without
+importing torch._dynamo on every rank).
 
 Two ways to lay out the buffers:
   ragged  only the kept rows travel; ranks first exchange how many rows they will send
@@ -17,19 +19,39 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-from torch.distributed import _functional_collectives as funcol
 
 from .comm import note
 from .experts import expert_ffn, tp_expert_ffn
 
 
+def _all_to_all(x, out_splits, in_splits, group):
+    """One all_to_all_single: x [sum(in_splits), d] -> [sum(out_splits), d] (None = equal splits)."""
+    rows = x.shape[0] if out_splits is None else sum(out_splits)
+    y = x.new_empty((rows, *x.shape[1:]))
+    dist.all_to_all_single(y, x.contiguous(), out_splits, in_splits, group=group)
+    return y
+
+
+class _AllToAll(torch.autograd.Function):
+    """AlltoAll whose gradient is the AlltoAll back along the same rows (splits swapped)."""
+
+    @staticmethod
+    def forward(ctx, x, out_splits, in_splits, group):
+        ctx.splits, ctx.group = (out_splits, in_splits), group
+        return _all_to_all(x, out_splits, in_splits, group)
+
+    @staticmethod
+    def backward(ctx, grad):
+        out_splits, in_splits = ctx.splits
+        note("all_to_all (backward)", "ep", grad)  # backward sends dL/dy back: count it too
+        return _all_to_all(grad, in_splits, out_splits, ctx.group), None, None, None
+
+
 def _a2a(x, out_splits, in_splits, group):
     note("all_to_all", "ep", x)
-    y = funcol.all_to_all_single_autograd(x, out_splits, in_splits, group)
-    y = funcol.wait_tensor(y) if isinstance(y, funcol.AsyncCollectiveTensor) else y
-    if y.requires_grad:  # backward sends dL/dy back along the same rows: count it too
-        y.register_hook(lambda g: note("all_to_all (backward)", "ep", g))
-    return y
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _AllToAll.apply(x, out_splits, in_splits, group)
+    return _all_to_all(x, out_splits, in_splits, group)
 
 
 def send_order(used: torch.Tensor, slot: torch.Tensor, num_experts: int):

@@ -47,7 +47,8 @@ def step_on_rank(ctx, cfg, tokens_per_rank: int, skew: float = 0.0, backward: bo
     if backward:
         x.requires_grad_(True)
         layer.zero_grad(set_to_none=True)
-    y, trace = layer(x)
+    with torch.set_grad_enabled(backward):  # a forward-only step records no autograd graph
+        y, trace = layer(x)
     if backward:
         t0 = time.perf_counter()
         g = _cached(ctx, ("grad", cfg.seed, cfg.d_model, P, N), lambda: upstream_grad(cfg, P, N))

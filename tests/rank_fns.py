@@ -17,3 +17,10 @@ def bad_input_on_rank(ctx, cfg, kind: str):
     layer = MoELayer(cfg, ctx.group, ctx.device)
     x = torch.zeros(4, cfg.d_model + 1) if kind == "shape" else torch.zeros(4, cfg.d_model, dtype=torch.float64)
     return layer(x)
+
+
+def prewarm_state(ctx):
+    """(this rank's prewarm thread, whether prewarming would start here): neither in a rank."""
+    from moe_lab import prewarm
+
+    return prewarm._thread, prewarm.should_prewarm()

@@ -9,7 +9,9 @@ with `batch_update`, so the page updates in one message, without re-creating the
 from __future__ import annotations
 
 import ipywidgets as w
+import numpy as np
 import plotly.graph_objects as go
+from plotly.basedatatypes import Undefined
 
 from ..config import MoEConfig
 
@@ -18,24 +20,84 @@ WIDE = dict(style={"description_width": "150px"}, layout=w.Layout(width="420px")
 
 
 def copy_figure(target: go.FigureWidget, fig: go.Figure) -> None:
-    """Make `target` show `fig`: traces updated in place when they line up (same count and types,
-    the usual slider move), replaced otherwise; layout replaced key by key. One batch message.
-    The template is left alone: every viz figure uses the default one."""
-    same = len(target.data) == len(fig.data) and all(a.type == b.type for a, b in zip(target.data, fig.data))
+    """Make `target` show `fig`, sending the page only what changed, in one update message.
+
+    `fig` was built (and validated, once) by a `viz` function, so its raw trace and layout dicts are
+    copied as they are: no second validation, no deep copies. When the traces line up (same count
+    and types, the usual slider move) only the changed keys of each trace travel; otherwise the
+    traces are replaced. Layout keys are compared one by one (the template is left alone: every viz
+    figure uses the default one). 1-D numeric arrays travel as typed arrays (binary buffers), not
+    as lists of numbers.
+    """
+    same = len(target._data) == len(fig._data) and all(
+        a.get("type") == b.get("type") for a, b in zip(target._data, fig._data))
     if not same:
         target.data = []
         target.add_traces(list(fig.data))
-    new_layout = {k: v for k, v in fig.layout.to_plotly_json().items() if k != "template"}
-    with target.batch_update():
-        if same:
-            for old, new in zip(target.data, fig.data):
-                props = {k: v for k, v in new.to_plotly_json().items() if k not in ("type", "uid")}
-                for stale in set(old.to_plotly_json()) - set(props) - {"type", "uid"}:
-                    old[stale] = None
-                old.update(props, overwrite=True)
-        for stale in set(target.layout.to_plotly_json()) - set(new_layout) - {"template"}:
-            target.layout[stale] = None
-        target.layout.update(new_layout, overwrite=True)
+    n = len(fig._data)
+    restyle = {}
+    if same:
+        for i, (old, new) in enumerate(zip(target._data, fig._data)):
+            for key in (old.keys() | new.keys()) - {"type", "uid"}:
+                if not _same(old.get(key), new.get(key)):
+                    restyle.setdefault(key, [Undefined] * n)[i] = new.get(key)
+    relayout = {key: fig._layout.get(key) for key in (target._layout.keys() | fig._layout.keys()) - {"template"}
+                if not _same(target._layout.get(key), fig._layout.get(key))}
+    if not restyle and not relayout:
+        return
+    indexes = list(range(n))
+    restyled, relaid, indexes = target._perform_plotly_update(restyle, relayout, indexes)
+    target._send_update_msg(_typed(restyled), _typed(relaid), indexes)
+    for i in indexes:  # children plotly made earlier re-read the new values on next access
+        for key in restyled:
+            target.data[i]._compound_props.pop(key, None)
+            target.data[i]._compound_array_props.pop(key, None)
+    for key in relaid:
+        target.layout._compound_props.pop(key, None)
+        target.layout._compound_array_props.pop(key, None)
+    if restyled:
+        target._dispatch_trace_change_callbacks(restyled, indexes)
+    if relaid:
+        target._dispatch_layout_change_callbacks(relaid)
+
+
+def _same(a, b) -> bool:
+    """Equal plotly values (numbers, strings, lists, dicts, numpy arrays), compared without copies."""
+    if a is b:
+        return True
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.shape == b.shape
+                and a.dtype == b.dtype and bool(np.array_equal(a, b)))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        if len(a) != len(b):
+            return False
+        try:
+            return bool(a == b)
+        except ValueError:  # numpy inside: element by element
+            return all(_same(x, y) for x, y in zip(a, b))
+    try:
+        return bool(a == b)
+    except ValueError:
+        return False
+
+
+def _typed(value):
+    """The message's copy of a value with 1-D numeric arrays as float64 / int32 numpy arrays, which
+    the widget sends as binary buffers (plotly turns int64 arrays and lists into JSON lists)."""
+    if isinstance(value, dict):
+        return {k: _typed(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        if value.ndim == 1 and value.dtype.kind in "iu" and value.dtype.itemsize == 8:
+            fits = value.size == 0 or (value.min() >= -(2**31) and value.max() < 2**31)
+            return value.astype(np.int32 if fits else np.float64)
+        return value
+    if isinstance(value, list):
+        if len(value) >= 16 and all(type(v) in (int, float) for v in value):
+            return np.asarray(value, dtype=np.float64)
+        return [_typed(v) for v in value]
+    return value
 
 
 def default_config(world_size: int) -> MoEConfig:
