@@ -1,5 +1,5 @@
 """What every dashboard shares: copying a new figure into a live FigureWidget, the container,
-the default config and the control width.
+the default config, the control width, the busy sign and a row of figures that fits the screen.
 
 A dashboard holds no figure math and no process code: it reads its controls into a `MoEConfig`,
 asks its stepper for a `StepTrace` (`cluster.step(...)`, any object with `.step` and
@@ -14,7 +14,10 @@ import plotly.graph_objects as go
 from ..config import MoEConfig
 
 TOKENS_PER_RANK = (64, 128, 256, 512, 1024, 2048)
-WIDE = dict(style={"description_width": "150px"}, layout=w.Layout(width="420px"))
+# Two columns of controls fit a 1280-px JupyterLab with the file browser open (≈ 880 px of output).
+WIDE = dict(style={"description_width": "140px"}, layout=w.Layout(width="400px"))
+BUSY = "<span style='color:#ff7f0e'><b>running…</b></span>"  # shown while a step runs
+FIGURE_MIN_WIDTH = "420px"  # narrower than this, a figure takes the whole row instead
 
 
 def copy_figure(target: go.FigureWidget, fig: go.Figure) -> None:
@@ -36,6 +39,14 @@ def copy_figure(target: go.FigureWidget, fig: go.Figure) -> None:
         for stale in set(target.layout.to_plotly_json()) - set(new_layout) - {"template"}:
             target.layout[stale] = None
         target.layout.update(new_layout, overwrite=True)
+
+
+def figure_row(*figures: go.FigureWidget) -> w.Box:
+    """Figures side by side, each at least FIGURE_MIN_WIDTH wide, wrapping onto the next line when
+    the output is narrower: each figure has no fixed width (plotly autosizes to its box), so nothing
+    is cut off or scrolls sideways."""
+    boxes = [w.VBox([fig], layout=w.Layout(flex=f"1 1 {FIGURE_MIN_WIDTH}", min_width="0")) for fig in figures]
+    return w.Box(boxes, layout=w.Layout(display="flex", flex_flow="row wrap", width="100%"))
 
 
 def default_config(world_size: int) -> MoEConfig:

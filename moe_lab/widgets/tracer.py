@@ -58,4 +58,4 @@ class TokenTracer(Dashboard):
             self._syncing = False
         rank, token = self.sliders["rank"].value, self.sliders["token"].value
         copy_figure(self.figures["path"], viz.token_path(trace, rank, token))
-        self.text.value = f"<pre style='line-height:1.3'>{html.escape(self.description)}</pre>"
+        self.text.value = f"<pre style='line-height:1.3;white-space:pre-wrap'>{html.escape(self.description)}</pre>"
