@@ -261,12 +261,18 @@ def test_running_shows_while_a_step_runs_and_goes_after():
     assert pg.error is not None and pg.busy.value == ""  # a failed step clears it too
 
 
-def test_figures_take_their_outputs_width(pg):
-    """No figure has a fixed width: each autosizes to its box, and rows wrap when the output is narrow."""
-    assert all(fw.layout.width is None for fw in pg.figures.values())
+def test_figures_fit_a_1280_px_lab_with_the_file_browser_open(pg):
+    """A FigureWidget keeps the width it is given: each is at most FULL_WIDTH, and the figures of a
+    row (load and priority, right under the controls) fit it side by side."""
+    from moe_lab.widgets.common import FULL_WIDTH, HALF_WIDTH
+
+    assert all(0 < fw.layout.width <= FULL_WIDTH for fw in pg.figures.values())
     rows = [c for c in pg.widget.children if isinstance(c, w.Box) and "wrap" in (c.layout.flex_flow or "")
-            and all(isinstance(box.children[0], go.FigureWidget) for box in c.children)]
-    assert len(rows) == 2 and all(len(r.children) == 2 for r in rows)
+            and all(isinstance(f, go.FigureWidget) for f in c.children)]
+    assert len(rows) == 1 and sum(f.layout.width for f in rows[0].children) <= FULL_WIDTH
+    assert list(rows[0].children) == [pg.figures["load"], pg.figures["priority"]]
+    pg.sliders["k"].value = 1  # a redraw keeps the width
+    assert pg.figures["load"].layout.width == pg.figures["priority"].layout.width == HALF_WIDTH
 
 
 def test_copy_figure_replaces_traces_when_their_number_changes():

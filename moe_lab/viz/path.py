@@ -15,7 +15,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from ..trace import StepTrace
-from .style import DROPPED_COLOR, expert_colors, gpu_label, title_margin, wrap_title
+from .style import DROPPED_COLOR, expert_colors, gpu_label, title_above, title_margin, wrap_title
 
 
 def describe_token_path(trace: StepTrace, rank: int, token: int) -> str:
@@ -88,7 +88,7 @@ def token_path(trace: StepTrace, rank: int, token: int) -> go.Figure:
                                     bgcolor="rgba(255,255,255,0.8)"))
     title = _title(trace, rank, token, path)
     fig.update_layout(
-        title=title, annotations=annotations, showlegend=True,
+        title=title_above(title), annotations=annotations, showlegend=True,
         xaxis=dict(visible=False, range=[-1.6, 1.6]), yaxis=dict(visible=False, range=[-1.5, 1.5],
                                                                   scaleanchor="x"),
         height=720, margin=dict(l=10, r=10, t=title_margin(title), b=110), plot_bgcolor="white",

@@ -13,7 +13,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from ..trace import StepTrace
-from .style import DROPPED_COLOR, KEPT_COLOR, title_margin, wrap_title
+from .style import DROPPED_COLOR, KEPT_COLOR, title_above, title_margin, wrap_title
 
 POSITION_BINS = 16
 GATE_BINS = 10
@@ -71,14 +71,16 @@ def dropped_assignments(trace: StepTrace) -> go.Figure:
         head += f" (priority = {priority})"
     title = wrap_title(head, sub)
     fig = go.Figure(bars)
-    fig.update_layout(
-        barmode="stack", title=title, height=460, margin=dict(t=title_margin(title, 50), b=90),
-        xaxis=dict(domain=[0, 0.45], title="token position on its GPU", range=[0, N]),
-        xaxis2=dict(domain=[0.55, 1], title="gate weight g", range=[0, 1], anchor="y2"),
-        yaxis=dict(title="assignments"), yaxis2=dict(anchor="x2"),
-        legend=dict(orientation="h", y=-0.2, yanchor="top"),
-        annotations=[dict(text=text, x=x, y=1.0, xref="paper", yref="paper", xanchor="center", yanchor="bottom",
+    fig.update_layout(  # two panels stacked (not side by side): each keeps the full width when the figure is narrow
+        barmode="stack", title=title_above(title, 30), height=600, margin=dict(t=title_margin(title, 40), b=90),
+        xaxis=dict(title="token position on its GPU", range=[0, N], anchor="y"),
+        yaxis=dict(domain=[0.64, 1], title="assignments"),
+        xaxis2=dict(title="gate weight g", range=[0, 1], anchor="y2"),
+        yaxis2=dict(domain=[0, 0.36], anchor="x2", title="assignments"),
+        legend=dict(orientation="h", y=-0.15, yanchor="top"),
+        annotations=[dict(text=text, x=0, y=y, xref="paper", yref="paper", xanchor="left", yanchor="bottom",
                           showarrow=False, font=dict(size=13))
-                     for text, x in (("by position in the block", 0.225), ("by gate weight", 0.775))],
+                     for text, y in (("by position in the GPU's block of N tokens", 1.0),
+                                     ("by gate weight g of the assignment", 0.36))],
     )
     return fig

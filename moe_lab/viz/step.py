@@ -18,7 +18,7 @@ import plotly.graph_objects as go
 
 from ..trace import PHASES, StepTrace
 from .style import (DROPPED_COLOR, HOVER_CELL_LIMIT, KEPT_COLOR, PADDING_COLOR, PHASE_COLORS, expert_colors,
-                    gpu_label, title_margin, wrap_title)
+                    gpu_label, title_above, title_margin, wrap_title)
 
 WIDE_TITLE = 70  # characters per title line of a figure drawn at full width
 
@@ -77,8 +77,8 @@ def alltoall_buffers(trace: StepTrace) -> go.Figure:
         f"{'; grey rows are padding: sent, but wasted' if trace.buffer_slots is not None else ''}",
         width=WIDE_TITLE)
     layout.update(
-        title=title, coloraxis=_expert_colorscale(E), shapes=shapes, height=150 + 135 * P,
-        margin=dict(l=10, r=10, t=title_margin(title, 40), b=40), showlegend=False,
+        title=title_above(title, 32), coloraxis=_expert_colorscale(E), shapes=shapes, height=150 + 135 * P,
+        margin=dict(l=10, r=10, t=title_margin(title, 50), b=40), showlegend=False,
     )
     return go.Figure(data=heatmaps, layout=layout)
 
@@ -160,7 +160,7 @@ def traffic_matrix(trace: StepTrace) -> go.Figure:
                        f"{' with padding' if trace.buffer_slots is not None else ''}; combine sends every copy "
                        f"back: its matrix is the transpose")
     fig.update_layout(  # no fixed width: the figure takes its output's width (autosize)
-        title=title, xaxis_title="to GPU j (holds the chosen expert)", yaxis_title="from GPU i (the token's home)",
+        title=title_above(title), xaxis_title="to GPU j (holds the chosen expert)", yaxis_title="from GPU i (the token's home)",
         yaxis=dict(autorange="reversed"), height=200 + 45 * P, margin=dict(t=title_margin(title)),
     )
     return fig
@@ -188,7 +188,7 @@ def per_gpu_load(trace: StepTrace) -> go.Figure:
                f"source GPU, m experts per GPU, P source GPUs)")
     title = wrap_title(f"Tokens per GPU: max/mean = {trace.load_imbalance:.2f}", sub)
     fig.update_layout(
-        barmode="stack", title=title,
+        barmode="stack", title=title_above(title),
         xaxis=dict(title="GPU (experts it holds)", tickvals=list(x),
                    ticktext=[f"{r}<br>E{r * m}" + (f"-E{r * m + m - 1}" if m > 1 else "") for r in x]),
         yaxis_title="token copies received", legend=dict(orientation="h", y=-0.3, yanchor="top"),
@@ -215,7 +215,7 @@ def dropped_tokens(trace: StepTrace) -> go.Figure:
     title = wrap_title(f"Dropped: {100 * share:.1f}% of the P·N·k = {total} assignments "
                        f"({int(np.sum(trace.dropped))} dropped)", sub)
     fig.update_layout(
-        barmode="stack", title=title,
+        barmode="stack", title=title_above(title),
         xaxis=dict(title="expert", tickvals=list(x), ticktext=[f"E{e}" for e in x]),
         yaxis_title="assignments (token copies)", legend=dict(orientation="h", y=-0.2, yanchor="top"),
         height=440, margin=dict(t=title_margin(title), b=100),
@@ -244,7 +244,7 @@ def stragglers(trace: StepTrace) -> go.Figure:
     title = wrap_title(f"The step waits for the slowest GPU: {gpu_label(slow)} takes {step:.2f} ms "
                        f"(mean {float(per_rank.mean()):.2f} ms)", width=WIDE_TITLE)
     fig.update_layout(
-        barmode="stack", title=title,
+        barmode="stack", title=title_above(title),
         xaxis=dict(title="GPU", tickvals=list(x), ticktext=[gpu_label(r) for r in x]),
         yaxis_title="time (ms)", legend=dict(orientation="h", y=-0.2, yanchor="top"),
         margin=dict(t=title_margin(title), b=100),

@@ -40,5 +40,12 @@ def wrap_title(title: str, sub: str = "", width: int = TITLE_CHARS, sub_width: i
 
 
 def title_margin(title: str, base: int = 30) -> int:
-    """Top margin that leaves room for every line of a wrapped title (≈ 22 px a line)."""
+    """Top margin that leaves room for every line of a wrapped title (≈ 22 px a line) and `base` px
+    between its last line and the plot (room for panel titles there, too)."""
     return base + 22 * (title.count("<br>") + 1)
+
+
+def title_above(title: str, gap: int = 10) -> dict:
+    """The title's last line `gap` px above the plot area, however many lines it has: a title
+    centred in the top margin would spill into the panels below it when it wraps."""
+    return dict(text=title, yref="paper", y=1, yanchor="bottom", pad=dict(b=gap))

@@ -17,7 +17,11 @@ TOKENS_PER_RANK = (64, 128, 256, 512, 1024, 2048)
 # Two columns of controls fit a 1280-px JupyterLab with the file browser open (≈ 880 px of output).
 WIDE = dict(style={"description_width": "140px"}, layout=w.Layout(width="400px"))
 BUSY = "<span style='color:#ff7f0e'><b>running…</b></span>"  # shown while a step runs
-FIGURE_MIN_WIDTH = "420px"  # narrower than this, a figure takes the whole row instead
+# A FigureWidget does not follow its output's width (plotly's widget view draws before it is
+# attached to the page, so it falls back to 700 px and never resizes): dashboards give each figure
+# a width that fits a 1280-px JupyterLab with the file browser open (≈ 850 px of output), or half of it.
+FULL_WIDTH = 820
+HALF_WIDTH = 405
 
 
 def copy_figure(target: go.FigureWidget, fig: go.Figure) -> None:
@@ -41,12 +45,15 @@ def copy_figure(target: go.FigureWidget, fig: go.Figure) -> None:
         target.layout.update(new_layout, overwrite=True)
 
 
+def sized(fig: go.Figure, width: int) -> go.Figure:
+    """`fig` drawn `width` px wide (see FULL_WIDTH)."""
+    fig.layout.width = width
+    return fig
+
+
 def figure_row(*figures: go.FigureWidget) -> w.Box:
-    """Figures side by side, each at least FIGURE_MIN_WIDTH wide, wrapping onto the next line when
-    the output is narrower: each figure has no fixed width (plotly autosizes to its box), so nothing
-    is cut off or scrolls sideways."""
-    boxes = [w.VBox([fig], layout=w.Layout(flex=f"1 1 {FIGURE_MIN_WIDTH}", min_width="0")) for fig in figures]
-    return w.Box(boxes, layout=w.Layout(display="flex", flex_flow="row wrap", width="100%"))
+    """Figures side by side, wrapping onto the next line when the output is narrower than them all."""
+    return w.Box(list(figures), layout=w.Layout(display="flex", flex_flow="row wrap", width="100%"))
 
 
 def default_config(world_size: int) -> MoEConfig:

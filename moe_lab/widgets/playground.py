@@ -27,7 +27,8 @@ import plotly.graph_objects as go
 from .. import viz
 from ..config import DISPATCHES, POLICIES, PRIORITIES, MoEConfig
 from ..trace import StepTrace
-from .common import BUSY, TOKENS_PER_RANK, WIDE, Dashboard, copy_figure, default_config, figure_row
+from .common import (BUSY, FULL_WIDTH, HALF_WIDTH, TOKENS_PER_RANK, WIDE, Dashboard, copy_figure, default_config,
+                     figure_row, sized)
 
 
 class Playground(Dashboard):
@@ -42,6 +43,8 @@ class Playground(Dashboard):
 
     FIGURES = {"buffers": viz.alltoall_buffers, "traffic": viz.traffic_matrix, "load": viz.per_gpu_load,
                "dropped": viz.dropped_tokens, "priority": viz.dropped_assignments}
+    WIDTHS = {"buffers": FULL_WIDTH, "traffic": FULL_WIDTH, "load": HALF_WIDTH, "dropped": FULL_WIDTH,
+              "priority": HALF_WIDTH}  # load and priority side by side, right under the controls
 
     def __init__(self, cluster, cfg: MoEConfig | None = None, tokens_per_rank: int = 512, skew: float = 0.0):
         self.cluster = cluster
@@ -59,14 +62,14 @@ class Playground(Dashboard):
         self.busy = w.HTML(layout=w.Layout(min_width="90px"))  # "running…" while a step runs
         self.bytes = w.HTML(layout=w.Layout(width="400px"))  # both dispatch layouts' bytes, beside the switch
         self.refresh()  # the default state, drawn before anyone moves a slider
-        self.figures = {name: go.FigureWidget(draw(self.trace)) for name, draw in self.FIGURES.items()}
+        self.figures = {name: go.FigureWidget(self._draw(name, self.trace)) for name in self.FIGURES}
         s, f = self.sliders, self.figures
         controls = w.HBox([
             w.VBox([s["k"], s["capacity_factor"], s["dropless"], s["aux_alpha"], s["skew"]]),
             w.VBox([s["tokens_per_rank"], s["policy"], s["priority"], s["dispatch"], self.bytes]),
         ], layout=w.Layout(flex_flow="row wrap"))
         self.widget = w.VBox([controls, w.HBox([self.busy, self.status]), figure_row(f["load"], f["priority"]),
-                              figure_row(f["dropped"], f["traffic"]), f["buffers"]])
+                              f["dropped"], f["traffic"], f["buffers"]])
         for control in s.values():
             control.observe(self._on_change, names="value")
 
@@ -114,7 +117,7 @@ class Playground(Dashboard):
             self.trace, self.error, self._last_key = trace, None, (cfg, n, skew)
             self.steps_run += 1
             for name, fw in getattr(self, "figures", {}).items():
-                copy_figure(fw, self.FIGURES[name](trace))
+                copy_figure(fw, self._draw(name, trace))
             self.status.value = self._summary(trace, cfg)
             self.bytes.value = bytes_html(trace)
         finally:
@@ -122,6 +125,9 @@ class Playground(Dashboard):
         for callback in self._listeners:
             callback(trace)
         return trace
+
+    def _draw(self, name: str, trace: StepTrace) -> go.Figure:
+        return sized(self.FIGURES[name](trace), self.WIDTHS[name])
 
     def on_step(self, callback) -> None:
         """Call `callback(trace)` after every step (how a TokenTracer follows this playground)."""
