@@ -173,8 +173,8 @@ def per_gpu_load(trace: StepTrace) -> go.Figure:
     x = np.arange(P)
     dropped = np.asarray(trace.dropped).reshape(P, m).sum(1)  # [P] dropped copies that wanted this GPU
     fig = go.Figure([
-        go.Bar(x=x, y=trace.recv_tokens, name="received (kept)", marker_color=KEPT_COLOR),
-        go.Bar(x=x, y=dropped, name="dropped (wanted this GPU's experts)", marker_color=DROPPED_COLOR),
+        go.Bar(x=x, y=trace.recv_tokens, name="received", marker_color=KEPT_COLOR),
+        go.Bar(x=x, y=dropped, name="dropped (wanted this GPU)", marker_color=DROPPED_COLOR),
     ])
     mean = float(np.mean(trace.recv_tokens))
     fig.add_trace(go.Scatter(x=[-0.5, P - 0.5], y=[mean, mean], mode="lines", name=f"mean {mean:.0f}",
@@ -192,7 +192,7 @@ def per_gpu_load(trace: StepTrace) -> go.Figure:
         xaxis=dict(title="GPU (experts it holds)", tickvals=list(x),
                    ticktext=[f"{r}<br>E{r * m}" + (f"-E{r * m + m - 1}" if m > 1 else "") for r in x]),
         yaxis_title="token copies received", legend=dict(orientation="h", y=-0.3, yanchor="top"),
-        height=460, margin=dict(t=title_margin(title), b=130),
+        height=500, margin=dict(t=title_margin(title), b=130),
     )
     return fig
 

@@ -40,12 +40,13 @@ def wrap_title(title: str, sub: str = "", width: int = TITLE_CHARS, sub_width: i
 
 
 def title_margin(title: str, base: int = 30) -> int:
-    """Top margin that leaves room for every line of a wrapped title (≈ 22 px a line) and `base` px
+    """Top margin that holds every line of a wrapped title (see `title_above`) and `base` px more
     between its last line and the plot (room for panel titles there, too)."""
-    return base + 22 * (title.count("<br>") + 1)
+    return base + 20 + 24 * (title.count("<br>") + 1)
 
 
 def title_above(title: str, gap: int = 10) -> dict:
-    """The title's last line `gap` px above the plot area, however many lines it has: a title
-    centred in the top margin would spill into the panels below it when it wraps."""
-    return dict(text=title, yref="paper", y=1, yanchor="bottom", pad=dict(b=gap))
+    """The title hung from the top of the figure, its lines flowing down into a top margin of
+    `title_margin(title)`: a title centred in the margin would spill into the plot when it wraps.
+    (`gap` is kept for callers; the margin's `base` sets the room below the title.)"""
+    return dict(text=title, yref="container", y=1, yanchor="top", pad=dict(t=26))  # plotly anchors the first line

@@ -64,7 +64,7 @@ SESSION_MARK = "MOE_LAB_BROWSER_SESSION"  # set in Chromium's environment: finds
 VIEWPORT = {"width": 1280, "height": 1000}
 
 SERVER_START_TIMEOUT_S = 60
-OPEN_TIMEOUT_S = float(os.environ.get("MOE_LAB_BROWSER_OPEN_TIMEOUT", 90))
+OPEN_TIMEOUT_S = float(os.environ.get("MOE_LAB_BROWSER_OPEN_TIMEOUT", 180))
 RUN_TIMEOUT_S = float(os.environ.get("MOE_LAB_BROWSER_RUN_TIMEOUT", 240))
 
 IN_CI = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")

@@ -262,14 +262,16 @@ def test_load_balancing_playground(page, lab_server):
     _open_and_run(page, lab_server, LOAD_BALANCING)
 
     page.evaluate(_MOE_JS)
-    poll(page, lambda: (lambda s: (s.get("plots") == len(PLAYGROUND_FIGURES), s))(page_state(page)),
-         DRAW_TIMEOUT_S, f"the Playground's {len(PLAYGROUND_FIGURES)} figures drawn")
-    assert_figures_fit(page, test, min_figures=len(PLAYGROUND_FIGURES))
-
     root = page.locator(".jp-Notebook .jp-OutputArea-output").filter(
         has=page.locator(".widget-label", has_text=re.compile(r"^\s*capacity factor"))
     )
     assert root.count() == 1, f"expected one Playground output, found {root.count()}"
+    try:
+        poll(page, lambda: (lambda s: (s.get("plots") == len(PLAYGROUND_FIGURES), s))(page_state(page)),
+             DRAW_TIMEOUT_S, f"the Playground's {len(PLAYGROUND_FIGURES)} figures drawn")
+    finally:
+        shoot(page, root, test, "playground")
+    assert_figures_fit(page, test, min_figures=len(PLAYGROUND_FIGURES))
     controls = {label: (kind, loc) for kind, label, loc in controls_of(root)}
     assert len(controls) >= 8, f"Playground controls found: {sorted(controls)}"
 
@@ -371,6 +373,8 @@ def test_load_balancing_playground(page, lab_server):
 
         final, shown = settle(page, lambda k: True, "after every control")
         assert not shown["failed"], "a step failed"
+
+        move_every_lab_control(page, test)
         assert error_outputs(page) == []
         assert_no_browser_errors(page)
     finally:
@@ -381,6 +385,39 @@ def test_load_balancing_playground(page, lab_server):
         except Exception as err:
             print(f"[cleanup] cluster.close() failed: {err!r}")
         root.locator(".widget-hbox").first.scroll_into_view_if_needed(timeout=5_000)
+
+
+# The BalancingLab's controls in an order where each one matters when it moves: α acts while the
+# balancing is "aux", γ once it is "bias"; the capacity once dropless is off again.
+LAB_ORDER = ("α", "k (experts", "training steps", "router start", "dropless", "dropless", "capacity",
+             "balancing", "γ")
+
+
+def move_every_lab_control(page, test: str) -> None:
+    """Chapter 3's BalancingLab, when the library has one: every control must redraw a figure
+    (each move trains the layer on the ranks again, so this waits for the run to finish)."""
+    has_lab = kernel_eval(page, "import moe_lab.widgets as _w; print(hasattr(_w, 'BalancingLab')); del _w")
+    if has_lab.strip() != "True":
+        print("moe_lab.widgets has no BalancingLab: its controls are not moved")
+        return
+    lab = page.locator(".jp-Notebook .jp-OutputArea-output").filter(
+        has=page.locator(".widget-label", has_text=re.compile(r"^\s*router start")))
+    assert lab.count() == 1, f"expected one BalancingLab output in chapter 3, found {lab.count()}"
+    controls = controls_of(lab)
+    moved = []
+    for prefix in LAB_ORDER:
+        hits = [(kind, label, loc) for kind, label, loc in controls if label.lower().startswith(prefix.lower())]
+        assert len(hits) == 1, f"{prefix!r}: expected one BalancingLab control, found {[h[1] for h in hits]}"
+        kind, label, loc = hits[0]
+        before = figures_json(lab)
+        shown = move_control(page, kind, loc)
+        t0 = time.monotonic()
+        wait_until_redrawn(page, lab, before, f"lab {label} -> {shown}", timeout_s=STEP_TIMEOUT_S * 2, quiet_s=3.0)
+        print(f"lab {label} -> {shown}: figures redrawn after {time.monotonic() - t0:.2f} s")
+        moved.append(label)
+    missing = {label for _, label, _ in controls} - set(moved)
+    assert not missing, f"BalancingLab controls never moved: {missing}"
+    shoot(page, lab, test, "lab")
 
 
 # --------------------------------------------------------------------------- chapter 2
