@@ -28,15 +28,20 @@ EXPLAIN = {
 def dropped_gate_share(trace: StepTrace) -> float:
     """Share of the step's gate mass Σ g over all assignments that dropped (0 when none did)."""
     gates = np.asarray(trace.gates, float)  # [P, N, k]
-    total = gates.sum()
-    return float(gates[trace.used < 0].sum() / total) if total > 0 else 0.0
+    total = gates[trace.chosen >= 0].sum()
+    return float(gates[_dropped(trace)].sum() / total) if total > 0 else 0.0
+
+
+def _dropped(trace: StepTrace) -> np.ndarray:
+    """[P, N, k] chosen but dropped (an expert-choice table's -1 means "not chosen", not dropped)."""
+    return (trace.used < 0) & (trace.chosen >= 0)
 
 
 def dropped_assignments(trace: StepTrace) -> go.Figure:
     """Kept and dropped assignments by token position in the GPU's block (left) and by gate weight
     g (right), with the dropped share of the gate mass in the title."""
     P, N, k = trace.used.shape  # [P, N, k]
-    kept = trace.used >= 0  # [P, N, k]
+    kept, dropped = trace.used >= 0, _dropped(trace)  # [P, N, k] each
     gates = np.asarray(trace.gates, float)
     positions = np.broadcast_to(np.arange(N)[None, :, None], kept.shape)  # [P, N, k] token index
     n_pos = min(POSITION_BINS, N)
@@ -49,7 +54,7 @@ def dropped_assignments(trace: StepTrace) -> go.Figure:
         return np.histogram(values[mask], bins=edges)[0]
 
     bars = []
-    for name, mask, color in (("kept", kept, KEPT_COLOR), ("dropped", ~kept, DROPPED_COLOR)):
+    for name, mask, color in (("kept", kept, KEPT_COLOR), ("dropped", dropped, DROPPED_COLOR)):
         bars.append(go.Bar(x=pos_mid, y=hist(positions, pos_edges, mask), width=pos_edges[1] - pos_edges[0],
                            name=f"{name} (by token position)", marker_color=color, legendgroup=name,
                            xaxis="x", yaxis="y", hovertemplate="tokens %{x:.0f}±: %{y}<extra>" + name + "</extra>"))
@@ -58,11 +63,11 @@ def dropped_assignments(trace: StepTrace) -> go.Figure:
                            xaxis="x2", yaxis="y2", hovertemplate="g ≈ %{x:.2f}: %{y}<extra>" + name + "</extra>"))
     cfg = trace.extra.get("cfg")
     priority = getattr(cfg, "priority", None)
-    n_drop = int((~kept).sum())
+    n_drop = int(dropped.sum())
     if n_drop:
         lost = dropped_gate_share(trace)
         head = f"Which assignments dropped: {100 * lost:.1f}% of the gate mass Σg"
-        sub = (f"mean g of the {n_drop} dropped {gates[~kept].mean():.3f}, of the kept {gates[kept].mean():.3f}. "
+        sub = (f"mean g of the {n_drop} dropped {gates[dropped].mean():.3f}, of the kept {gates[kept].mean():.3f}. "
                + (EXPLAIN[priority] if priority in EXPLAIN else ""))
     else:
         head = "Which assignments dropped: none"
