@@ -39,6 +39,13 @@ def trace(request):
     return TRACES[request.param]()
 
 
+def _flat(title: str) -> str:
+    """A wrapped title as one line of plain text."""
+    import re
+
+    return re.sub(r"<[^>]+>", "", title.replace("<br>", " "))
+
+
 def _by_name(fig, prefix):
     hits = [t for t in fig.data if (t.name or "").startswith(prefix)]
     assert len(hits) == 1, f"expected one trace named {prefix!r}, got {[t.name for t in fig.data]}"
@@ -169,7 +176,7 @@ def test_token_reaches_gpus_3_and_7_and_returns():
     trace = chapter_question_trace()
     fig = viz.token_path(trace, 0, 0)
     title = fig.layout.title.text
-    assert "GPU 3 and GPU 7" in title and "back to GPU 0" in title
+    assert "GPU 3 (E3) and GPU 7 (E7)" in title and "back to GPU 0" in title
     pos = _circle(8)
     for dst in (3, 7):
         go_there = _by_name(fig, f"dispatch: choice {0 if dst == 3 else 1} → E{dst}")
@@ -181,6 +188,12 @@ def test_token_reaches_gpus_3_and_7_and_returns():
     text = viz.describe_token_path(trace, 0, 0)
     assert "dispatch to GPU 3" in text and "dispatch to GPU 7" in text
     assert "y = 0.750·E3(x) + 0.250·E7(x)" in text
+
+
+def test_the_title_pairs_each_gpu_with_its_own_experts():
+    """GPU 2's token 0 chose E5 first, then E1: GPUs in order, each beside the expert it holds."""
+    title = viz.token_path(chapter_question_trace(), 2, 0).layout.title.text
+    assert "GPU 1 (E1) and GPU 5 (E5)" in title
 
 
 def test_token_path_names_every_expert_gpu(trace):
@@ -209,6 +222,83 @@ def test_a_local_copy_stays_on_its_gpu():
 def test_token_path_rejects_a_token_that_does_not_exist():
     with pytest.raises(ValueError, match="no token 9 on rank 0"):
         viz.token_path(tiny_trace(), 0, 9)
+
+
+# ---- which assignments dropped (priority) ---------------------------------------------------------
+
+def test_priority_figure_counts_every_assignment_in_both_panels(trace):
+    fig = viz.dropped_assignments(trace)
+    n_drop = int((trace.used < 0).sum())
+    for panel in ("by token position", "by gate g"):
+        assert sum(_by_name(fig, f"dropped ({panel})").y) == n_drop == trace.dropped.sum()
+        assert sum(_by_name(fig, f"kept ({panel})").y) == trace.assignments - n_drop
+    if n_drop:
+        assert f"{100 * viz.dropped_gate_share(trace):.1f}% of the gate mass" in _flat(fig.layout.title.text)
+    else:
+        assert "dropped: none" in _flat(fig.layout.title.text)
+
+
+def test_position_priority_drops_the_last_tokens_and_score_the_least_sure():
+    cfg = MoEConfig(num_experts=8, k=2, capacity_factor=0.5, priority="position")
+    by_position = make_trace(cfg, 4, 256, 0.5)
+    by_score = make_trace(cfg.replace(priority="score"), 4, 256, 0.5)
+    assert by_position.dropped.sum() == by_score.dropped.sum()
+    dropped_at = np.nonzero(by_position.used < 0)[1]  # token positions of the dropped assignments
+    kept_at = np.nonzero(by_position.used >= 0)[1]
+    assert dropped_at.mean() > kept_at.mean() + 30  # late tokens find the buffers full
+    assert viz.dropped_gate_share(by_score) < viz.dropped_gate_share(by_position)
+    late = _by_name(viz.dropped_assignments(by_position), "dropped (by token position)").y
+    assert late[-1] > late[0]
+    assert "priority = score" in _flat(viz.dropped_assignments(by_score).layout.title.text)
+
+
+def test_dropped_gate_share_of_the_worked_example():
+    trace = tiny_trace()  # rank 1's token 4 dropped; k = 1, so every gate is 1: 1 of 10
+    assert viz.dropped_gate_share(trace) == pytest.approx(0.1)
+
+
+# ---- bytes of either layout ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("skew", [0.0, 1.0])
+@pytest.mark.parametrize("cf", [1.0, None])
+def test_dispatch_bytes_of_either_layout_are_what_that_layout_sends(skew, cf):
+    cfg = MoEConfig(num_experts=8, k=2, capacity_factor=cf)
+    ragged = make_trace(cfg, 4, 64, skew)
+    padded = make_trace(cfg.replace(dispatch="padded"), 4, 64, skew)
+    for trace in (ragged, padded):
+        b = viz.dispatch_bytes(trace)
+        assert b["ragged"] == int(ragged.bytes_sent.sum()) and b["padded"] == int(padded.bytes_sent.sum())
+    assert viz.dispatch_bytes(padded)["shown"] == "padded" and viz.dispatch_bytes(ragged)["shown"] == "ragged"
+
+
+# ---- figures fit the screen ------------------------------------------------------------------------
+
+def _all_figures(trace):
+    return [viz.alltoall_buffers(trace), viz.traffic_matrix(trace), viz.per_gpu_load(trace),
+            viz.dropped_tokens(trace), viz.dropped_assignments(trace), viz.stragglers(trace),
+            viz.token_path(trace, 0, 0)]
+
+
+def test_no_figure_has_a_fixed_width_and_titles_are_wrapped(trace):
+    import re
+
+    for fig in _all_figures(trace):
+        assert fig.layout.width is None, fig.layout.title.text
+        for line in fig.layout.title.text.split("<br>"):
+            plain = re.sub(r"<[^>]+>", "", line)
+            limit = 100 if line.startswith("<sup>") else 70
+            assert len(plain) <= limit, (len(plain), plain)
+
+
+def test_wrap_title_keeps_every_word_and_tags_each_subtitle_line():
+    from moe_lab.viz.style import wrap_title
+
+    text = wrap_title("a " * 40, "b " * 80, width=20)
+    lines = text.split("<br>")
+    assert all(len(line) <= 20 for line in lines if not line.startswith("<sup>"))
+    assert [line for line in lines if line.startswith("<sup>")] == [
+        line for line in lines if line.startswith("<sup>") and line.endswith("</sup>")]
+    assert _flat(text).split() == ["a"] * 40 + ["b"] * 80
 
 
 # ---- stragglers ----------------------------------------------------------------------------------
@@ -291,9 +381,7 @@ def _strict_json(fig) -> str:
 
 def test_figures_travel_to_a_widget_as_strict_json(trace):
     """FigureWidget messages are JSON; a NaN would be rejected by the browser (None is a gap)."""
-    figs = [viz.alltoall_buffers(trace), viz.traffic_matrix(trace), viz.per_gpu_load(trace),
-            viz.dropped_tokens(trace), viz.stragglers(trace), viz.token_path(trace, 0, 0),
-            viz.training_curves(_history()), viz.training_curves([], num_experts=4)]
+    figs = _all_figures(trace) + [viz.training_curves(_history()), viz.training_curves([], num_experts=4)]
     for fig in figs:
         assert fig.data, f"{fig.layout.title.text!r} has no traces"
         assert _strict_json(fig).startswith("[{")

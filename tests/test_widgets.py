@@ -3,6 +3,8 @@
 A fake stepper routes with the real routing code in this process (tests/trace_factory.py), so these
 tests need no worker ranks; one test at the end drives a real 2-rank Cluster.
 """
+import re
+
 import ipywidgets as w
 import numpy as np
 import plotly.graph_objects as go
@@ -64,7 +66,7 @@ def assert_figures_show(pg, trace):
 
 def test_default_state_is_drawn_before_any_slider_moves(pg, fake):
     assert len(fake.calls) == 1 and fake.calls[0]["backward"] is False
-    assert set(pg.figures) == {"buffers", "traffic", "load", "dropped"}
+    assert set(pg.figures) == {"buffers", "traffic", "load", "dropped", "priority"}
     assert all(isinstance(f, go.FigureWidget) for f in pg.figures.values())
     assert_figures_show(pg, pg.trace)
     assert "application/vnd.jupyter.widget-view+json" in pg._repr_mimebundle_()
@@ -178,6 +180,100 @@ def test_status_shows_latency_and_key_numbers(pg):
     assert f"{pg.trace.load_imbalance:.2f}" in text and f"{pg.trace.aux_loss:.4f}" in text
 
 
+def test_the_default_start_has_capacity_so_skew_and_a_lower_capacity_drop_at_once(fake):
+    """The chapter's "try skew 1 and lower the capacity factor" must act without finding a checkbox."""
+    pg = Playground(fake, tokens_per_rank=64)
+    assert not pg.sliders["dropless"].value and not pg.sliders["capacity_factor"].disabled
+    assert fake.calls[0]["cfg"].capacity_factor is not None
+    pg.sliders["skew"].value = 1.0
+    before = int(pg.trace.dropped.sum())
+    pg.sliders["capacity_factor"].value = 0.5
+    assert int(pg.trace.dropped.sum()) > before
+
+
+def _figures_json(pg) -> dict:
+    return {name: fw.to_json() for name, fw in pg.figures.items()}
+
+
+def _changed(before: dict, after: dict) -> list:
+    return [name for name in before if before[name] != after[name]]
+
+
+# The value each control moves to, from a state where tokens drop (skew 1, capacity factor 0.75).
+MOVES = dict(k=1, capacity_factor=1.5, dropless=True, skew=0.5, tokens_per_rank=128, policy="overflow",
+             priority="score", dispatch="padded")
+
+
+@pytest.mark.parametrize("name", sorted(MOVES))
+def test_every_control_changes_a_drawn_figure(fake, name):
+    pg = Playground(fake, MoEConfig(num_experts=8, k=2, capacity_factor=0.75), tokens_per_rank=64, skew=1.0)
+    assert pg.trace.dropped.sum() > 0
+    before = _figures_json(pg)
+    pg.sliders[name].value = MOVES[name]
+    assert _changed(before, _figures_json(pg)), f"moving {name} changed no figure"
+
+
+def test_every_control_is_covered():
+    """A control added to the Playground must be added to MOVES (α moves to the BalancingLab, issue 12)."""
+    pg = Playground(FakeCluster(), tokens_per_rank=64)
+    assert set(pg.sliders) == set(MOVES)
+
+
+def test_priority_changes_which_assignments_drop_not_how_many(fake):
+    pg = Playground(fake, MoEConfig(num_experts=8, k=2, capacity_factor=0.5), tokens_per_rank=256, skew=0.5)
+    by_position = pg.trace
+    fig = pg.figures["priority"]
+    pos_title = fig.layout.title.text
+    pg.sliders["priority"].value = "score"
+    by_score = pg.trace
+    assert by_score.dropped.sum() == by_position.dropped.sum()  # the same counts ...
+    assert viz.dropped_gate_share(by_score) < viz.dropped_gate_share(by_position)  # ... the least sure drop
+    title = re.sub(r"<[^>]+>", "", fig.layout.title.text.replace("<br>", " "))
+    assert "priority = position" in pos_title.replace("<br>", " ") and "priority = score" in title
+    assert f"{100 * viz.dropped_gate_share(by_score):.1f}% of the gate mass" in title
+    dropped = _named(fig, "dropped (by token position)").y
+    assert sum(dropped) == by_score.dropped.sum()
+
+
+def test_the_layout_switch_shows_both_layouts_bytes_beside_it(pg):
+    ragged = viz.dispatch_bytes(pg.trace)
+    assert f"<b>ragged {ragged['ragged'] / 1e6:.2f} MB" in pg.bytes.value
+    assert f"padded {ragged['padded'] / 1e6:.2f} MB" in pg.bytes.value
+    pg.sliders["dispatch"].value = "padded"
+    padded = viz.dispatch_bytes(pg.trace)
+    assert padded["padded"] == int(pg.trace.bytes_sent.sum()) and padded["ragged"] == ragged["ragged"]
+    assert f"<b>padded {padded['padded'] / 1e6:.2f} MB" in pg.bytes.value
+    controls = pg.widget.children[0]
+    assert any(pg.bytes in column.children for column in controls.children)  # next to the switch
+
+
+def test_running_shows_while_a_step_runs_and_goes_after():
+    seen = []
+    holder = {}
+    fake = FakeCluster(on_step=lambda n: seen.append(holder["pg"].busy.value) if "pg" in holder else None)
+    holder["pg"] = pg = Playground(fake, tokens_per_rank=64)
+    pg.sliders["k"].value = 1
+    assert "running" in seen[-1] and pg.busy.value == ""
+    failing = FakeCluster(fail_when=lambda cfg, n, skew: skew > 0.9)
+    pg = Playground(failing, tokens_per_rank=64)
+    pg.sliders["skew"].value = 1.0
+    assert pg.error is not None and pg.busy.value == ""  # a failed step clears it too
+
+
+def test_figures_fit_a_1280_px_lab_with_the_file_browser_open(pg):
+    """A FigureWidget keeps the width it is given: each is at most FULL_WIDTH, and the figures of a
+    row (load and priority, right under the controls) fit it side by side."""
+    from moe_lab.widgets.common import FULL_WIDTH, HALF_WIDTH
+
+    assert all(0 < fw.layout.width <= FULL_WIDTH for fw in pg.figures.values())
+    rows = [c for c in pg.widget.children if isinstance(c, w.Box) and "wrap" in (c.layout.flex_flow or "")
+            and all(isinstance(f, go.FigureWidget) for f in c.children)]
+    assert len(rows) == 1 and sum(f.layout.width for f in rows[0].children) <= FULL_WIDTH
+    assert list(rows[0].children) == [pg.figures["load"], pg.figures["priority"]]
+    pg.sliders["k"].value = 1  # a redraw keeps the width
+    assert pg.figures["load"].layout.width == pg.figures["priority"].layout.width == HALF_WIDTH
+
+
 def test_copy_figure_replaces_traces_when_their_number_changes():
     fw = go.FigureWidget(go.Figure([go.Bar(y=[1, 2]), go.Bar(y=[3, 4])], layout=dict(title="old")))
     copy_figure(fw, go.Figure([go.Scatter(y=[5])], layout=dict(title="new")))
@@ -198,10 +294,10 @@ def test_copy_figure_clears_what_the_new_figure_lacks():
 def test_token_tracer_shows_the_chapter_question():
     tracer = TokenTracer(chapter_question_trace())
     title = tracer.figures["path"].layout.title.text
-    assert "GPU 3 and GPU 7" in title
+    assert "GPU 3 (E3) and GPU 7 (E7)" in title
     assert "dispatch to GPU 3" in tracer.description and "dispatch to GPU 7" in tracer.description
-    tracer.sliders["rank"].value = 2  # GPU 2's token 0 goes to E5 and E1
-    assert "GPU 1 and GPU 5" in tracer.figures["path"].layout.title.text
+    tracer.sliders["rank"].value = 2  # GPU 2's token 0 goes to E5 and E1, in that order of choice
+    assert "GPU 1 (E1) and GPU 5 (E5)" in tracer.figures["path"].layout.title.text
     assert "Token 0 on GPU 2" in tracer.text.value
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from ..trace import StepTrace
-from .style import DROPPED_COLOR, expert_colors, gpu_label
+from .style import DROPPED_COLOR, expert_colors, gpu_label, title_above, title_margin, wrap_title
 
 
 def describe_token_path(trace: StepTrace, rank: int, token: int) -> str:
@@ -86,27 +86,32 @@ def token_path(trace: StepTrace, rank: int, token: int) -> go.Figure:
                     else f"× g={hop['gate']:.3f}")
             annotations.append(dict(x=mid[0], y=mid[1], text=text, showarrow=False, font=dict(color=c, size=12),
                                     bgcolor="rgba(255,255,255,0.8)"))
+    title = _title(trace, rank, token, path)
     fig.update_layout(
-        title=_title(trace, rank, token, path), annotations=annotations, showlegend=True,
+        title=title_above(title), annotations=annotations, showlegend=True,
         xaxis=dict(visible=False, range=[-1.6, 1.6]), yaxis=dict(visible=False, range=[-1.5, 1.5],
                                                                   scaleanchor="x"),
-        height=620, margin=dict(l=10, r=10, t=80, b=10), plot_bgcolor="white",
-        legend=dict(x=1.0, xanchor="left", y=0.5, font=dict(size=11)),
+        height=720, margin=dict(l=10, r=10, t=title_margin(title), b=110), plot_bgcolor="white",
+        legend=dict(orientation="h", x=0, y=0, yanchor="top", font=dict(size=11)),
     )
     return fig
 
 
 def _title(trace: StepTrace, rank: int, token: int, path: list[dict]) -> str:
+    """Each expert GPU named once, in GPU order, with the experts it serves for this token beside it
+    ("GPU 0 (E1) and GPU 1 (E2, E3)"): a GPU list and an expert list in two orders would pair wrongly."""
     kept = [hop for hop in path if not hop["dropped"]]
-    gpus = sorted({hop["expert_rank"] for hop in kept})
     n_drop = len(path) - len(kept)
     if not kept:
-        return f"Token {token} of GPU {rank}: all {len(path)} copies dropped, its output is zero"
-    where = " and ".join(f"GPU {g}" for g in gpus)
-    experts = ("expert " if len(kept) == 1 else "experts ") + ", ".join(f"E{hop['expert']}" for hop in kept)
+        return wrap_title(f"Token {token} of GPU {rank}: all {len(path)} copies dropped, its output is zero",
+                          width=70)
+    served: dict[int, list[int]] = {}
+    for hop in sorted(kept, key=lambda h: h["expert"]):
+        served.setdefault(hop["expert_rank"], []).append(hop["expert"])
+    where = " and ".join(f"GPU {g} ({', '.join(f'E{e}' for e in served[g])})" for g in sorted(served))
     drop = f"; {n_drop} cop{'y' if n_drop == 1 else 'ies'} dropped" if n_drop else ""
-    return (f"Token {token} of GPU {rank} → {where} ({experts}) → back to GPU {rank}{drop}"
-            f"<br><sup>solid: dispatch AlltoAll; dashed: combine AlltoAll (the transpose)</sup>")
+    return wrap_title(f"Token {token} of GPU {rank} → {where} → back to GPU {rank}{drop}",
+                      "solid: dispatch AlltoAll; dashed: combine AlltoAll (the transpose)", width=70)
 
 
 def _circle(P: int) -> np.ndarray:

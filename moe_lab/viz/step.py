@@ -9,6 +9,7 @@ Words follow the chapter: P GPUs (ranks), experts E_i, capacity C, tokens N per 
     per_gpu_load       how many tokens land on each GPU, against the capacity?
     dropped_tokens     which experts dropped tokens, and what share of all assignments?
     stragglers         which GPU is slowest, and in which phase? (the step waits for it)
+    dispatch_bytes     how many bytes would each buffer layout move for this routing?
 """
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ import plotly.graph_objects as go
 
 from ..trace import PHASES, StepTrace
 from .style import (DROPPED_COLOR, HOVER_CELL_LIMIT, KEPT_COLOR, PADDING_COLOR, PHASE_COLORS, expert_colors,
-                    gpu_label)
+                    gpu_label, title_above, title_margin, wrap_title)
+
+WIDE_TITLE = 70  # characters per title line of a figure drawn at full width
 
 # ---- AlltoAll buffers ------------------------------------------------------------------------
 
@@ -67,12 +70,15 @@ def alltoall_buffers(trace: StepTrace) -> go.Figure:
         shapes += _chunk_lines(*buffers[r], "x" + ax, "y" + ax)
     mode = "padded" if trace.buffer_slots is not None else "ragged"
     cap = "dropless" if trace.capacity is None else f"capacity C = {trace.capacity} per expert per source GPU"
+    title = wrap_title(
+        f"AlltoAll buffers on {P} GPUs ({mode}, {cap})",
+        f"each GPU sends tokens for E0..E{E - 1}, chunked by destination GPU, and receives only tokens for "
+        f"its own experts, chunked by source GPU"
+        f"{'; grey rows are padding: sent, but wasted' if trace.buffer_slots is not None else ''}",
+        width=WIDE_TITLE)
     layout.update(
-        title=f"AlltoAll buffers on {P} GPUs ({mode}, {cap})<br><sup>each GPU sends tokens for E0..E{E - 1}, "
-              f"chunked by destination GPU, and receives only tokens for its own experts, chunked by source"
-              f"{'; grey rows are padding: sent, but wasted' if trace.buffer_slots is not None else ''}</sup>",
-        coloraxis=_expert_colorscale(E), shapes=shapes, height=150 + 135 * P, margin=dict(l=10, r=10, t=90, b=40),
-        showlegend=False,
+        title=title_above(title, 32), coloraxis=_expert_colorscale(E), shapes=shapes, height=150 + 135 * P,
+        margin=dict(l=10, r=10, t=title_margin(title, 50), b=40), showlegend=False,
     )
     return go.Figure(data=heatmaps, layout=layout)
 
@@ -149,12 +155,13 @@ def traffic_matrix(trace: StepTrace) -> go.Figure:
     mb = float(np.sum(trace.bytes_sent)) / 1e6
     fig = go.Figure(go.Heatmap(z=z, x=labels, y=labels, colorscale="Blues", texttemplate="%{z}", text=text,
                                hovertemplate="%{text}<extra></extra>", colorbar=dict(title="tokens")))
-    fig.update_layout(
-        title=f"Dispatch AlltoAll: tokens GPU i sends GPU j<br><sup>{int(z.sum())} copies, {mb:.2f} MB on the wire"
-              f"{' with padding' if trace.buffer_slots is not None else ''}; combine sends every copy back: "
-              f"its matrix is the transpose</sup>",
-        xaxis_title="to GPU j (holds the chosen expert)", yaxis_title="from GPU i (the token's home)",
-        yaxis=dict(autorange="reversed"), height=180 + 45 * P, width=max(560, 200 + 55 * P),
+    title = wrap_title("Dispatch AlltoAll: tokens GPU i sends GPU j",
+                       f"{int(z.sum())} copies, {mb:.2f} MB on the wire"
+                       f"{' with padding' if trace.buffer_slots is not None else ''}; combine sends every copy "
+                       f"back: its matrix is the transpose")
+    fig.update_layout(  # no fixed width: the figure takes its output's width (autosize)
+        title=title_above(title), xaxis_title="to GPU j (holds the chosen expert)", yaxis_title="from GPU i (the token's home)",
+        yaxis=dict(autorange="reversed"), height=200 + 45 * P, margin=dict(t=title_margin(title)),
     )
     return fig
 
@@ -166,8 +173,8 @@ def per_gpu_load(trace: StepTrace) -> go.Figure:
     x = np.arange(P)
     dropped = np.asarray(trace.dropped).reshape(P, m).sum(1)  # [P] dropped copies that wanted this GPU
     fig = go.Figure([
-        go.Bar(x=x, y=trace.recv_tokens, name="received (kept)", marker_color=KEPT_COLOR),
-        go.Bar(x=x, y=dropped, name="dropped (wanted this GPU's experts)", marker_color=DROPPED_COLOR),
+        go.Bar(x=x, y=trace.recv_tokens, name="received", marker_color=KEPT_COLOR),
+        go.Bar(x=x, y=dropped, name="dropped (wanted this GPU)", marker_color=DROPPED_COLOR),
     ])
     mean = float(np.mean(trace.recv_tokens))
     fig.add_trace(go.Scatter(x=[-0.5, P - 0.5], y=[mean, mean], mode="lines", name=f"mean {mean:.0f}",
@@ -177,12 +184,15 @@ def per_gpu_load(trace: StepTrace) -> go.Figure:
         limit = trace.capacity * m * P  # C slots × m local experts × P source GPUs
         fig.add_trace(go.Scatter(x=[-0.5, P - 0.5], y=[limit, limit], mode="lines", name=f"capacity {limit}",
                                  line=dict(color=DROPPED_COLOR, dash="dash")))
-        sub = f"capacity = C·m·P = {trace.capacity}·{m}·{P} = {limit} per GPU"
+        sub = (f"capacity = C·m·P = {trace.capacity}·{m}·{P} = {limit} per GPU (C slots per expert from each "
+               f"source GPU, m experts per GPU, P source GPUs)")
+    title = wrap_title(f"Tokens per GPU: max/mean = {trace.load_imbalance:.2f}", sub)
     fig.update_layout(
-        barmode="stack", title=f"Tokens per GPU: max/mean = {trace.load_imbalance:.2f}<br><sup>{sub}</sup>",
+        barmode="stack", title=title_above(title),
         xaxis=dict(title="GPU (experts it holds)", tickvals=list(x),
-                   ticktext=[f"{gpu_label(r)}<br>E{r * m}" + (f"-E{r * m + m - 1}" if m > 1 else "") for r in x]),
-        yaxis_title="token copies received", legend=dict(orientation="h", y=-0.38), margin=dict(b=120),
+                   ticktext=[f"{r}<br>E{r * m}" + (f"-E{r * m + m - 1}" if m > 1 else "") for r in x]),
+        yaxis_title="token copies received", legend=dict(orientation="h", y=-0.3, yanchor="top"),
+        height=500, margin=dict(t=title_margin(title), b=130),
     )
     return fig
 
@@ -202,12 +212,13 @@ def dropped_tokens(trace: StepTrace) -> go.Figure:
     share = trace.dropped_share
     total = trace.assignments
     sub = ("dropless" if trace.capacity is None else f"capacity C = {trace.capacity} per expert per GPU")
+    title = wrap_title(f"Dropped: {100 * share:.1f}% of the P·N·k = {total} assignments "
+                       f"({int(np.sum(trace.dropped))} dropped)", sub)
     fig.update_layout(
-        barmode="stack",
-        title=f"Dropped: {100 * share:.1f}% of the P·N·k = {total} assignments "
-              f"({int(np.sum(trace.dropped))} dropped)<br><sup>{sub}</sup>",
+        barmode="stack", title=title_above(title),
         xaxis=dict(title="expert", tickvals=list(x), ticktext=[f"E{e}" for e in x]),
-        yaxis_title="assignments (token copies)", legend=dict(orientation="h", y=-0.2),
+        yaxis_title="assignments (token copies)", legend=dict(orientation="h", y=-0.2, yanchor="top"),
+        height=440, margin=dict(t=title_margin(title), b=100),
     )
     return fig
 
@@ -230,12 +241,13 @@ def stragglers(trace: StepTrace) -> go.Figure:
     slow = int(np.argmax(per_rank)) if P else 0
     fig.add_trace(go.Scatter(x=[-0.5, P - 0.5], y=[step, step], mode="lines", name=f"step time {step:.2f} ms",
                              line=dict(color="black", dash="dash")))
+    title = wrap_title(f"The step waits for the slowest GPU: {gpu_label(slow)} takes {step:.2f} ms "
+                       f"(mean {float(per_rank.mean()):.2f} ms)", width=WIDE_TITLE)
     fig.update_layout(
-        barmode="stack",
-        title=f"The step waits for the slowest GPU: {gpu_label(slow)} takes {step:.2f} ms "
-              f"(mean {float(per_rank.mean()):.2f} ms)",
+        barmode="stack", title=title_above(title),
         xaxis=dict(title="GPU", tickvals=list(x), ticktext=[gpu_label(r) for r in x]),
-        yaxis_title="time (ms)", legend=dict(orientation="h", y=-0.2),
+        yaxis_title="time (ms)", legend=dict(orientation="h", y=-0.2, yanchor="top"),
+        margin=dict(t=title_margin(title), b=100),
     )
     return fig
 
@@ -266,3 +278,15 @@ def expert_time_vs_rows(traces) -> go.Figure:
         xaxis_title="token copies received (rows)", yaxis_title="expert time (ms)", showlegend=False,
         height=380, margin=dict(t=80))
     return fig
+
+
+def dispatch_bytes(trace: StepTrace) -> dict:
+    """Bytes one dispatch AlltoAll moves over all GPUs in each layout, from the same routing:
+    ragged sends only the kept rows; padded sends E·S rows from every GPU (S = C, or N when dropless),
+    used or not. {"ragged": bytes, "padded": bytes, "shown": the layout this step used}."""
+    P, E, N = trace.world_size, trace.num_experts, trace.tokens_per_rank
+    rows = int(np.sum(trace.send_rows))
+    row_bytes = float(np.sum(trace.bytes_sent)) / rows if rows else trace.d_model * 4  # d · bytes per element
+    slots = trace.buffer_slots if trace.buffer_slots is not None else (trace.capacity or N)
+    return dict(ragged=int(round(int(np.sum(trace.kept)) * row_bytes)), padded=int(round(P * E * slots * row_bytes)),
+                shown="padded" if trace.buffer_slots is not None else "ragged")

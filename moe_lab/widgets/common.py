@@ -1,5 +1,5 @@
 """What every dashboard shares: copying a new figure into a live FigureWidget, the container,
-the default config and the control width.
+the default config, the control width, the busy sign and a row of figures that fits the screen.
 
 A dashboard holds no figure math and no process code: it reads its controls into a `MoEConfig`,
 asks its stepper for a `StepTrace` (`cluster.step(...)`, any object with `.step` and
@@ -16,7 +16,14 @@ from plotly.basedatatypes import Undefined
 from ..config import MoEConfig
 
 TOKENS_PER_RANK = (64, 128, 256, 512, 1024, 2048)
-WIDE = dict(style={"description_width": "150px"}, layout=w.Layout(width="420px"))
+# Two columns of controls fit a 1280-px JupyterLab with the file browser open (≈ 880 px of output).
+WIDE = dict(style={"description_width": "140px"}, layout=w.Layout(width="400px"))
+BUSY = "<span style='color:#ff7f0e'><b>running…</b></span>"  # shown while a step runs
+# A FigureWidget does not follow its output's width (plotly's widget view draws before it is
+# attached to the page, so it falls back to 700 px and never resizes): dashboards give each figure
+# a width that fits a 1280-px JupyterLab with the file browser open (≈ 850 px of output), or half of it.
+FULL_WIDTH = 820
+HALF_WIDTH = 405
 
 
 def copy_figure(target: go.FigureWidget, fig: go.Figure) -> None:
@@ -98,6 +105,17 @@ def _typed(value):
             return np.asarray(value, dtype=np.float64)
         return [_typed(v) for v in value]
     return value
+
+
+def sized(fig: go.Figure, width: int) -> go.Figure:
+    """`fig` drawn `width` px wide (see FULL_WIDTH)."""
+    fig.layout.width = width
+    return fig
+
+
+def figure_row(*figures: go.FigureWidget) -> w.Box:
+    """Figures side by side, wrapping onto the next line when the output is narrower than them all."""
+    return w.Box(list(figures), layout=w.Layout(display="flex", flex_flow="row wrap", width="100%"))
 
 
 def default_config(world_size: int) -> MoEConfig:

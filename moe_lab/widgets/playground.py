@@ -5,6 +5,11 @@ asks its stepper for a `StepTrace` (`cluster.step(...)`, any object with `.step`
 `.world_size` will do), draws the trace with `viz` and copies the result into `go.FigureWidget`s
 with `batch_update`, so the page updates in one message, without re-creating the widget.
 
+What each control changes is on screen beside the controls: the per-GPU load and *which*
+assignments dropped (the priority control changes no count, only which ones) sit right under
+them, the bytes of both dispatch layouts sit under the layout switch, and "running…" shows while
+a step runs. Figures take their output's width and wrap beside each other when there is room.
+
 Slow steps and fast drags: sliders report on release (`continuous_update=False`), and a change
 that arrives while a step is still running only marks the settings dirty; when the step ends the
 *latest* settings run once. In a headless kernel every `.value = ...` runs its step before the
@@ -21,7 +26,9 @@ import plotly.graph_objects as go
 
 from .. import viz
 from ..config import DISPATCHES, POLICIES, PRIORITIES, MoEConfig
-from .common import TOKENS_PER_RANK, WIDE, Dashboard, copy_figure, default_config
+from ..trace import StepTrace
+from .common import (BUSY, FULL_WIDTH, HALF_WIDTH, TOKENS_PER_RANK, WIDE, Dashboard, copy_figure, default_config,
+                     figure_row, sized)
 
 
 class Playground(Dashboard):
@@ -34,8 +41,10 @@ class Playground(Dashboard):
     default state even if nobody touches a control.
     """
 
-    FIGURES = {"buffers": viz.alltoall_buffers, "traffic": viz.traffic_matrix,
-               "load": viz.per_gpu_load, "dropped": viz.dropped_tokens}
+    FIGURES = {"buffers": viz.alltoall_buffers, "traffic": viz.traffic_matrix, "load": viz.per_gpu_load,
+               "dropped": viz.dropped_tokens, "priority": viz.dropped_assignments}
+    WIDTHS = {"buffers": FULL_WIDTH, "traffic": FULL_WIDTH, "load": HALF_WIDTH, "dropped": FULL_WIDTH,
+              "priority": HALF_WIDTH}  # load and priority side by side, right under the controls
 
     def __init__(self, cluster, cfg: MoEConfig | None = None, tokens_per_rank: int = 512, skew: float = 0.0):
         self.cluster = cluster
@@ -50,15 +59,17 @@ class Playground(Dashboard):
         self._flags = threading.Lock()  # JupyterLab may deliver widget events on another kernel thread
         self.sliders = self._make_controls(self.cfg, tokens_per_rank, skew)
         self.status = w.HTML()
+        self.busy = w.HTML(layout=w.Layout(min_width="90px"))  # "running…" while a step runs
+        self.bytes = w.HTML(layout=w.Layout(width="400px"))  # both dispatch layouts' bytes, beside the switch
         self.refresh()  # the default state, drawn before anyone moves a slider
-        self.figures = {name: go.FigureWidget(draw(self.trace)) for name, draw in self.FIGURES.items()}
-        s = self.sliders
+        self.figures = {name: go.FigureWidget(self._draw(name, self.trace)) for name in self.FIGURES}
+        s, f = self.sliders, self.figures
         controls = w.HBox([
-            w.VBox([s["k"], s["capacity_factor"], s["dropless"], w.HTML(_ALPHA_NOTE, layout=w.Layout(width="420px"))]),
-            w.VBox([s["skew"], s["tokens_per_rank"], s["policy"], s["priority"], s["dispatch"]]),
-        ])
-        f = self.figures
-        self.widget = w.VBox([controls, self.status, w.HBox([f["traffic"], f["load"]]), f["dropped"], f["buffers"]])
+            w.VBox([s["k"], s["capacity_factor"], s["dropless"], s["skew"], w.HTML(_ALPHA_NOTE, layout=w.Layout(width="400px"))]),
+            w.VBox([s["tokens_per_rank"], s["policy"], s["priority"], s["dispatch"], self.bytes]),
+        ], layout=w.Layout(flex_flow="row wrap"))
+        self.widget = w.VBox([controls, w.HBox([self.busy, self.status]), figure_row(f["load"], f["priority"]),
+                              f["dropped"], f["traffic"], f["buffers"]])
         for control in s.values():
             control.observe(self._on_change, names="value")
 
@@ -95,17 +106,25 @@ class Playground(Dashboard):
     def refresh(self) -> StepTrace:
         """Run one step with the current settings and redraw everything. Errors propagate."""
         cfg, n, skew = self.settings()
-        t0 = time.perf_counter()
-        trace = self.cluster.step(cfg, tokens_per_rank=n, skew=skew, backward=False)
-        self.latency_s = time.perf_counter() - t0
-        self.trace, self.error, self._last_key = trace, None, (cfg, n, skew)
-        self.steps_run += 1
-        for name, fw in getattr(self, "figures", {}).items():
-            copy_figure(fw, self.FIGURES[name](trace))
-        self.status.value = self._summary(trace, cfg)
+        self.busy.value = BUSY
+        try:
+            t0 = time.perf_counter()
+            trace = self.cluster.step(cfg, tokens_per_rank=n, skew=skew, backward=False)
+            self.latency_s = time.perf_counter() - t0
+            self.trace, self.error, self._last_key = trace, None, (cfg, n, skew)
+            self.steps_run += 1
+            for name, fw in getattr(self, "figures", {}).items():
+                copy_figure(fw, self._draw(name, trace))
+            self.status.value = self._summary(trace, cfg)
+            self.bytes.value = bytes_html(trace)
+        finally:
+            self.busy.value = ""
         for callback in self._listeners:
             callback(trace)
         return trace
+
+    def _draw(self, name: str, trace: StepTrace) -> go.Figure:
+        return sized(self.FIGURES[name](trace), self.WIDTHS[name])
 
     def on_step(self, callback) -> None:
         """Call `callback(trace)` after every step (how a TokenTracer follows this playground)."""
@@ -148,3 +167,19 @@ class Playground(Dashboard):
 
 # α acts only through training: one forward step cannot react to it, so it is no slider here.
 _ALPHA_NOTE = "<small>α (aux loss weight) acts through training: move it in the <b>BalancingLab</b>.</small>"
+
+
+def bytes_html(trace: StepTrace) -> str:
+    """Both dispatch layouts' bytes for this step's routing, as two bars: the one in use in bold."""
+    b = viz.dispatch_bytes(trace)
+    top = max(b["ragged"], b["padded"], 1)
+    rows = []
+    for mode, note in (("ragged", "kept rows only"), ("padded", "E·C rows from every GPU")):
+        on = mode == b["shown"]
+        bar = (f"<span style='display:inline-block;height:10px;width:{120 * b[mode] / top:.0f}px;"
+               f"background:{'#1f77b4' if on else '#c9c9c9'}'></span>")
+        text = f"{mode} {b[mode] / 1e6:.2f} MB" + (f" ({note})")
+        rows.append(f"<div style='white-space:nowrap'>{bar} {'<b>' + text + '</b>' if on else text}</div>")
+    waste = 1 - b["ragged"] / b["padded"] if b["padded"] else 0.0
+    return ("<div style='font-size:12px;line-height:1.35'>dispatch bytes this step (combine sends as many back):"
+            + "".join(rows) + f"<div>padding would be {100 * waste:.0f}% of the padded buffer</div></div>")

@@ -9,7 +9,7 @@ import plotly.graph_objects as go
 
 from .. import viz
 from ..trace import StepTrace
-from .common import WIDE, Dashboard, copy_figure
+from .common import FULL_WIDTH, WIDE, Dashboard, copy_figure, sized
 
 
 class TokenTracer(Dashboard):
@@ -28,7 +28,7 @@ class TokenTracer(Dashboard):
             token=w.IntSlider(value=token, min=0, max=trace.tokens_per_rank - 1, description="token", **WIDE),
         )
         self.text = w.HTML()
-        self.figures = {"path": go.FigureWidget(viz.token_path(trace, rank, token))}
+        self.figures = {"path": go.FigureWidget(sized(viz.token_path(trace, rank, token), FULL_WIDTH))}
         self.refresh()
         for s in self.sliders.values():
             s.observe(lambda change: self.refresh(), names="value")
@@ -57,5 +57,5 @@ class TokenTracer(Dashboard):
         finally:
             self._syncing = False
         rank, token = self.sliders["rank"].value, self.sliders["token"].value
-        copy_figure(self.figures["path"], viz.token_path(trace, rank, token))
-        self.text.value = f"<pre style='line-height:1.3'>{html.escape(self.description)}</pre>"
+        copy_figure(self.figures["path"], sized(viz.token_path(trace, rank, token), FULL_WIDTH))
+        self.text.value = f"<pre style='line-height:1.3;white-space:pre-wrap'>{html.escape(self.description)}</pre>"

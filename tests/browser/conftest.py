@@ -2,7 +2,8 @@
 
 Fixtures
     lab_server  one JupyterLab per test session, serving a temporary copy of chapters/
-    browser     one headless Chromium per test session (Debian's /usr/bin/chromium)
+    browser     one headless Chromium per test session (Debian's /usr/bin/chromium), started with crash
+                reporting off; its teardown fails if any process it started (crashpad included) is left
     page        a fresh browser context per test; collects page and console errors and always
                 saves a full-page screenshot to tests/browser/results/<test name>.png
 
@@ -12,6 +13,9 @@ Helpers
     error_outputs(page)                   tracebacks of cells that raised (from the notebook model)
     assert_no_browser_errors(page)        fail on uncaught page errors or console errors
     kernel_eval(page, code)               run code in the open notebook's kernel, return its stdout
+    open_file_browser(page)               show the file browser, as a student's JupyterLab does
+    figure_fit_problems(page)             plots cut by their output area, cut titles, overlapping panel titles
+    assert_figures_fit(page, name)        fail on any of those, after a screenshot of the page
 
 Outside CI a missing Chromium or playwright skips these tests; with CI=true it fails them.
 """
@@ -48,11 +52,19 @@ CHROMIUM_ARGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
+    # Crash reporting off, as far as flags go. Debian's Chromium 156 still starts two
+    # chrome_crashpad_handler daemons (double-forked, so their parent becomes pid 1, which here never
+    # reaps them: they stay as zombies). `--disable-crashpad-for-testing` does stop them but also
+    # breaks navigation (net::ERR_ABORTED), so the browser fixture makes this process their
+    # subreaper instead, and reaps them when the browser closes.
+    "--disable-crash-reporter",
+    "--disable-breakpad",
 ]
+SESSION_MARK = "MOE_LAB_BROWSER_SESSION"  # set in Chromium's environment: finds its processes, crashpad too
 VIEWPORT = {"width": 1280, "height": 1000}
 
 SERVER_START_TIMEOUT_S = 60
-OPEN_TIMEOUT_S = float(os.environ.get("MOE_LAB_BROWSER_OPEN_TIMEOUT", 90))
+OPEN_TIMEOUT_S = float(os.environ.get("MOE_LAB_BROWSER_OPEN_TIMEOUT", 180))
 RUN_TIMEOUT_S = float(os.environ.get("MOE_LAB_BROWSER_RUN_TIMEOUT", 240))
 
 IN_CI = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
@@ -211,6 +223,11 @@ def lab_server(browser_requirements, tmp_path_factory):
     (notification / "notification.jupyterlab-settings").write_text(
         json.dumps({"fetchNews": "false", "checkForUpdates": False})
     )
+    # Every cell stays in the page (no virtual scrolling): a figure far from the viewport is still
+    # drawn and measurable, so the checks below see every output, not only the visible ones.
+    notebook = dirs["settings"] / "@jupyterlab" / "notebook-extension"
+    notebook.mkdir(parents=True)
+    (notebook / "tracker.jupyterlab-settings").write_text(json.dumps({"windowingMode": "none"}))
 
     env = dict(os.environ)
     env.update(
@@ -278,16 +295,92 @@ def _wait_until_ready(server: LabServer) -> None:
 # --------------------------------------------------------------------------- the browser
 
 
+def _marked_processes(mark: str) -> dict[int, str]:
+    """pid -> name of live processes whose environment carries SESSION_MARK=mark (this session's
+    Chromium and anything it spawned, daemons included). A zombie has no environment: not listed."""
+    needle = f"{SESSION_MARK}={mark}".encode()
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                found[int(entry.name)] = (entry / "comm").read_text().strip()
+        except OSError:
+            continue
+    return found
+
+
+def _still_there(pid: int) -> str | None:
+    """The process state letter (Z = zombie) of pid, or None when it is gone."""
+    try:
+        return (Path(f"/proc/{pid}") / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def _become_subreaper(on: bool) -> bool:
+    """Make this process the one that inherits orphaned descendants (Linux prctl
+    PR_SET_CHILD_SUBREAPER), so daemons Chromium double-forks can be reaped here. False if unsupported."""
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl(36, int(on), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _reap(pids) -> None:
+    """Collect the exit status of those pids that are this process's exited children (zombies)."""
+    for pid in pids:
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass  # not our child (or already reaped): nothing to collect
+
+
 @pytest.fixture(scope="session")
 def browser(browser_requirements):
     from playwright.sync_api import sync_playwright
 
+    mark = secrets.token_hex(8)
+    seen: dict[int, str] = {}
+    subreaper = _become_subreaper(True)
     with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
+                                      env={**os.environ, SESSION_MARK: mark})
+        seen.update(_marked_processes(mark))
         try:
             yield chromium
         finally:
+            seen.update(_marked_processes(mark))
             chromium.close()
+    try:
+        _assert_nothing_left(seen, mark)
+    finally:
+        if subreaper:
+            _become_subreaper(False)
+
+
+def _assert_nothing_left(seen: dict[int, str], mark: str, wait_s: float = 10.0) -> None:
+    """Every process the session's Chromium started (crashpad handlers included) must be gone once
+    it closed, zombies included: reaped here, or it would stay in the process table for good."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        _reap(seen)
+        left = {pid: (name, _still_there(pid)) for pid, name in seen.items() if _still_there(pid)}
+        left.update({pid: (name, "live") for pid, name in _marked_processes(mark).items()})
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    if left:  # ours by their environment mark: end them so they do not outlive the tests either
+        _kill([pid for pid, (_, state) in left.items() if state != "Z"], signal.SIGKILL)
+        time.sleep(0.5)
+        _reap(left)
+    crashpad = sorted(name for name in seen.values() if "crashpad" in name)
+    print(f"[browser] {len(seen)} processes of the session's Chromium seen ({crashpad or 'no crashpad'}); "
+          f"left after close: {left or 'none'}", file=sys.stderr)
+    assert not left, f"processes of the browser session left behind (pid: (name, state)): {left}"
 
 
 def _result_name(nodeid: str) -> str:
@@ -356,13 +449,19 @@ _KERNEL_IDLE_JS = """
 """
 
 
-def open_notebook(page, server: LabServer, relpath: str, timeout_s: float = OPEN_TIMEOUT_S):
+def open_notebook(page, server: LabServer, relpath: str, timeout_s: float = OPEN_TIMEOUT_S,
+                  file_browser: bool = True):
     """Open `relpath` (relative to the server root) and wait until its kernel is idle.
 
     The toolbar says "idle" before any kernel exists, and running cells then opens a
     "Select Kernel" dialog; so wait on the session itself, through the exposed app.
+    With file_browser (the default) the file browser is shown beside the notebook, as a student
+    has it: figures are drawn at that width.
     """
-    page.goto(server.notebook_url(relpath))
+    # Return once the server answered: waiting for "load" fails with ERR_ABORTED when JupyterLab
+    # rewrites the URL while a slow (busy machine) page is still loading; the kernel wait below
+    # is what says the notebook is ready.
+    page.goto(server.notebook_url(relpath), wait_until="commit")
     page.wait_for_function(_KERNEL_IDLE_JS, arg=relpath, timeout=timeout_s * 1000, polling=100)
     # Only this notebook: a tab restored from an earlier test would start a kernel of its own.
     open_docs = page.evaluate(
@@ -370,6 +469,116 @@ def open_notebook(page, server: LabServer, relpath: str, timeout_s: float = OPEN
         ".map((w) => (w.context ? w.context.path : w.id))"
     )
     assert open_docs == [relpath], f"expected only {relpath} open, found {open_docs}"
+    if file_browser:
+        open_file_browser(page)
+
+
+def open_file_browser(page) -> None:
+    """Show the file browser in the left panel and wait until the notebook has its narrower width."""
+    page.evaluate("() => window.jupyterapp.shell.activateById('filebrowser')")
+    page.wait_for_function(
+        "() => !window.jupyterapp.shell.leftCollapsed"
+        " && document.querySelector('.jp-FileBrowser').getBoundingClientRect().width > 100",
+        timeout=15_000,
+    )
+
+
+# --------------------------------------------------------------------------- figures fit
+
+# For every plotly figure in the notebook's outputs: scroll it into view (JupyterLab skips laying
+# out cells far from the viewport), then compare boxes. A figure is cut when its drawing (the
+# plot's main svg) reaches past its output area or past any ancestor that clips (overflow other
+# than visible); a title is cut when it reaches past the drawing; panel titles (annotations in
+# paper coordinates) must not overlap each other.
+_FIT_JS = """
+async () => {
+  const frame = () => new Promise((resolve) => requestAnimationFrame(() => resolve()));
+  const box = (el) => { const r = el.getBoundingClientRect();
+                        return {l: r.left, t: r.top, r: r.right, b: r.bottom, w: r.width, h: r.height}; };
+  const inside = (a, b, tol) => a.l >= b.l - tol && a.r <= b.r + tol && a.t >= b.t - tol && a.b <= b.b + tol;
+  const overlap = (a, b) => Math.min(a.r, b.r) - Math.max(a.l, b.l) > 1 && Math.min(a.b, b.b) - Math.max(a.t, b.t) > 1;
+  const titleOf = (gd) => { const t = (gd._fullLayout && gd._fullLayout.title) || (gd.layout && gd.layout.title);
+                            return (typeof t === 'string' ? t : (t && t.text) || '').slice(0, 60); };
+  const problems = [], checked = [], skipped = [];
+  const all = document.querySelectorAll('.js-plotly-plot').length;
+  const plots = Array.from(document.querySelectorAll('.jp-Notebook .js-plotly-plot'));
+  const path = (el) => { const names = [];
+    for (let e = el; e && !e.classList.contains('jp-Notebook'); e = e.parentElement) names.push(e.className.split(' ')[0] || e.tagName);
+    return names.join(' < '); };
+  for (const gd of plots) {
+    gd.scrollIntoView({block: 'center'});
+    await frame(); await frame();
+    const svg = gd.querySelector('.main-svg');
+    if (!svg || !gd._fullLayout) {
+      skipped.push({svg: !!svg, full: !!gd._fullLayout, cls: gd.className, out: !!gd.closest('.jp-OutputArea-output')});
+      continue;
+    }
+    const name = titleOf(gd) || '(untitled figure)';
+    const drawn = box(svg);
+    const outEl = gd.closest('.jp-OutputArea-output') || gd.closest('.jp-OutputArea');
+    if (!outEl) { skipped.push({name, path: path(gd)}); continue; }
+    const out = box(outEl);
+    checked.push({name, drawn, out, path: path(gd)});
+    if (drawn.w < 50) { problems.push(`${name}: drawn ${drawn.w.toFixed(0)} px wide`); continue; }
+    if (!inside(drawn, {l: out.l, r: out.r, t: -1e9, b: 1e9}, 1)) {
+      problems.push(`${name}: drawing [${drawn.l.toFixed(0)}, ${drawn.r.toFixed(0)}] px leaves its output `
+                    + `area [${out.l.toFixed(0)}, ${out.r.toFixed(0)}]`);
+    }
+    for (let el = gd.parentElement; el && !el.classList.contains('jp-Notebook'); el = el.parentElement) {
+      const style = getComputedStyle(el);
+      if (style.overflowX === 'visible' && style.overflowY === 'visible') continue;
+      const clip = box(el);
+      if (drawn.l < clip.l - 1 || drawn.r > clip.r + 1) {
+        problems.push(`${name}: cut by a clipping ${el.className.split(' ')[0] || el.tagName} `
+                      + `[${clip.l.toFixed(0)}, ${clip.r.toFixed(0)}] (drawing [${drawn.l.toFixed(0)}, ${drawn.r.toFixed(0)}])`);
+        break;
+      }
+    }
+    const title = gd.querySelector('.g-gtitle');
+    if (title && !inside(box(title), drawn, 1)) problems.push(`${name}: title cut at the figure's edge`);
+    const legend = gd.querySelector('.legend');
+    if (legend && !inside(box(legend), drawn, 1)) problems.push(`${name}: legend outside the figure`);
+    const notes = gd.layout.annotations || [];
+    const panels = Array.from(gd.querySelectorAll('.annotation')).filter((el) => {
+      const a = notes[Number(el.getAttribute('data-index'))];
+      return a && a.xref === 'paper' && a.yref === 'paper' && a.text;
+    }).map((el) => ({text: notes[Number(el.getAttribute('data-index'))].text, b: box(el)}));
+    for (const p of panels) {
+      if (!inside(p.b, drawn, 1)) problems.push(`${name}: panel title "${p.text}" cut at the figure's edge`);
+      if (title && overlap(box(title), p.b)) problems.push(`${name}: the title overlaps panel title "${p.text}"`);
+    }
+    for (let i = 0; i < panels.length; i++) {
+      for (let j = i + 1; j < panels.length; j++) {
+        if (overlap(panels[i].b, panels[j].b)) {
+          problems.push(`${name}: panel titles "${panels[i].text}" and "${panels[j].text}" overlap`);
+        }
+      }
+    }
+  }
+  return {problems, checked, skipped, all, plots: plots.length};
+}
+"""
+
+
+def figure_fit_problems(page) -> dict:
+    """{"problems": [...], "checked": [per figure: name, drawn box, output box]} for every plotly
+    figure in the open notebook's outputs (see _FIT_JS)."""
+    return page.evaluate(_FIT_JS)
+
+
+def assert_figures_fit(page, name: str, min_figures: int = 1) -> dict:
+    """Screenshot the page (results/<name>.fit.png) and fail on any figure that does not fit."""
+    report = figure_fit_problems(page)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    try:
+        page.screenshot(path=str(RESULTS / f"{_result_name(name)}.fit.png"), timeout=15_000)
+    except Exception as err:  # the screenshot must not hide the check's own result
+        print(f"[fit] screenshot failed: {err!r}", file=sys.stderr)
+    widths = [round(c["drawn"]["w"]) for c in report["checked"]]
+    print(f"fit: {len(report['checked'])} figures, drawn widths {widths} px, page {page.viewport_size}")
+    assert len(report["checked"]) >= min_figures, f"expected >= {min_figures} figures, found {report}"
+    assert not report["problems"], "figures that do not fit:\n" + "\n".join(report["problems"])
+    return report
 
 
 _RUN_STATE_JS = """
@@ -518,3 +727,81 @@ def kernel_eval(page, code: str, timeout_s: float = 60) -> str:
             f"stdout: {result['stdout']}\nstderr: {result['stderr']}"
         )
     return result["stdout"]
+
+
+# --------------------------------------------------------------------------- moving a dashboard's controls
+
+# Everything the figures inside `root` draw, as one string: any redraw that changes a number, a
+# bar or a title changes it. (plotly.py may send arrays as {dtype, bdata}: compared as they are.)
+_FIGURES_JSON_JS = """
+(root) => JSON.stringify(Array.from(root.querySelectorAll('.js-plotly-plot')).map((gd) => [
+  (gd.data || []).map((t) => [t.name, t.x, t.y, t.z, t.text]),
+  gd.layout && gd.layout.title, (gd.layout && gd.layout.annotations || []).map((a) => a.text)]))
+"""
+BUSY_TEXT = "running…"
+
+
+def figures_json(root) -> str:
+    """What the plotly figures inside the element `root` (a Playwright locator) draw now."""
+    return root.evaluate(_FIGURES_JSON_JS)
+
+
+def wait_until_redrawn(page, root, before: str, what: str, timeout_s: float = 120, quiet_s: float = 1.0) -> str:
+    """Wait until the figures in `root` differ from `before` and then stay the same for quiet_s with
+    no "running…" shown (so a step still running does not count); return their new state."""
+    deadline = time.monotonic() + timeout_s
+    last, since = figures_json(root), time.monotonic()
+    while True:
+        page.wait_for_timeout(150)  # the poll interval, not a wait for something to happen
+        now = figures_json(root)
+        busy = BUSY_TEXT in (root.text_content() or "")
+        if now != last or busy:
+            last, since = now, time.monotonic()
+        elif now != before and time.monotonic() - since >= quiet_s:
+            return now
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: no figure changed within {timeout_s:.0f} s"
+                                 + (" (still running)" if busy else ""))
+
+
+def controls_of(root) -> list[tuple[str, str, object]]:
+    """(kind, label, locator) of every slider, dropdown and checkbox inside `root`, in page order."""
+    found = []
+    for kind, selector in (("slider", ".widget-slider"), ("dropdown", ".widget-dropdown"),
+                           ("checkbox", ".widget-checkbox")):
+        for i in range(root.locator(selector).count()):
+            control = root.locator(selector).nth(i)
+            label = (control.locator(".widget-label").first.text_content() or "").strip()
+            if kind == "checkbox":
+                label = label or (control.text_content() or "").strip()
+            found.append((kind, label, control))
+    return found
+
+
+def move_control(page, kind: str, control) -> str:
+    """Move one control the way a student does: a slider's handle by one keyboard step (back
+    when it is at its end), a dropdown to its next option, a checkbox by a click. Returns what
+    it shows now (readout, option or checked state)."""
+    control.scroll_into_view_if_needed()
+    if kind == "slider":
+        handle = control.locator(".noUi-handle")
+        readout = control.locator(".widget-readout")
+        before = readout.text_content() if readout.count() else handle.get_attribute("aria-valuenow")
+        at_max = handle.get_attribute("aria-valuenow") == handle.get_attribute("aria-valuemax")
+        handle.focus()
+        handle.press("ArrowLeft" if at_max else "ArrowRight")
+        page.wait_for_function(
+            "([el, before]) => { const r = el.querySelector('.widget-readout');"
+            " const v = r ? r.textContent : el.querySelector('.noUi-handle').getAttribute('aria-valuenow');"
+            " return v !== before; }", arg=[control.element_handle(), before], timeout=10_000)
+        return readout.text_content() if readout.count() else handle.get_attribute("aria-valuenow")
+    if kind == "dropdown":
+        select = control.locator("select")
+        options = select.locator("option").all_text_contents()
+        current = select.evaluate("(el) => el.options[el.selectedIndex].textContent")
+        target = options[(options.index(current) + 1) % len(options)]
+        select.select_option(label=target)
+        return target
+    box = control.locator("input[type=checkbox]")
+    box.click()
+    return "checked" if box.is_checked() else "unchecked"

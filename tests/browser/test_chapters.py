@@ -15,11 +15,16 @@ import pytest
 from .conftest import (
     RESULTS,
     _result_name,
+    assert_figures_fit,
     assert_no_browser_errors,
+    controls_of,
     error_outputs,
+    figures_json,
     kernel_eval,
+    move_control,
     open_notebook,
     run_all,
+    wait_until_redrawn,
 )
 
 pytestmark = pytest.mark.browser
@@ -28,6 +33,7 @@ pytestmark = pytest.mark.browser
 # `cluster.close()` also starts the ranks again. Generous on a busy 2-core machine.
 STEP_TIMEOUT_S = 120
 DRAW_TIMEOUT_S = 60
+PLAYGROUND_FIGURES = ("buffers", "traffic", "load", "dropped", "priority")
 
 
 # --------------------------------------------------------------------------- page-side helpers
@@ -86,7 +92,7 @@ _MOE_JS = r"""
       dropped: dropped && dropped.data.length > 1 ? sum(arr(trace(dropped, 'dropped', 1).y)) : null,
       dropped_title: dropped ? title(dropped) : null,
       recv: load && load.data.length ? arr(trace(load, 'received', 0).y) : null,
-      status: (root.querySelector('.widget-html-content') || {}).textContent || '',
+      failed: root.textContent.includes('step failed'),
     };
   };
   window.__moe = {arr, title, labelled, playground, plots, plot, state};
@@ -247,117 +253,171 @@ def _open_and_run(page, lab_server, relpath):
 LOAD_BALANCING = "chapters/03_load_balancing.ipynb"
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(900)
 def test_load_balancing_playground(page, lab_server):
-    """Uncheck dropless, drag capacity down, step k with the keyboard, check dropless again."""
+    """Chapter 3 at 1280 px with the file browser open: every figure fits; then every control of the
+    Playground is moved as a student moves it (keyboard, mouse drag, typing, dropdowns, clicks) and
+    each move must redraw at least one figure, with the kernel's step and the drawn figures agreeing."""
     test = "test_load_balancing_playground"
     _open_and_run(page, lab_server, LOAD_BALANCING)
 
     page.evaluate(_MOE_JS)
-    # The Playground's four FigureWidgets are drawn inside its own output.
-    poll(page, lambda: (lambda s: (s.get("plots") == 4, s))(page_state(page)), DRAW_TIMEOUT_S,
-         "the Playground's 4 figures drawn")
-
     root = page.locator(".jp-Notebook .jp-OutputArea-output").filter(
         has=page.locator(".widget-label", has_text=re.compile(r"^\s*capacity factor"))
     )
     assert root.count() == 1, f"expected one Playground output, found {root.count()}"
-
-    def slider(label: str):
-        return root.locator(".widget-slider").filter(
-            has=page.locator(".widget-label", has_text=re.compile(r"^\s*" + re.escape(label)))
-        )
-
-    cf_slider = slider("capacity factor")
-    k_slider = slider("k (experts per token)")
-    skew_slider = slider("skew")
-    dropless = root.locator(".widget-checkbox").filter(has_text="dropless").locator("input[type=checkbox]")
-    for name, loc in [("capacity factor", cf_slider), ("k", k_slider), ("skew", skew_slider),
-                      ("dropless", dropless)]:
-        assert loc.count() == 1, f"{name}: expected one control in the Playground, found {loc.count()}"
-    figure = {
-        "dropped": root.locator(".js-plotly-plot").filter(has_text="Dropped:"),
-        "load": root.locator(".js-plotly-plot").filter(has_text="Tokens per GPU"),
-    }
-
     try:
-        # The chapter's last Playground cell left it dropless: nothing dropped, kernel agrees.
-        start, shown = settle(page, lambda k: k["dropless"], "after run-all (dropless)")
-        assert start["dropped"] == 0 and shown["dropped"] == 0, (start, shown)
-        assert dropless.is_checked()
+        poll(page, lambda: (lambda s: (s.get("plots") == len(PLAYGROUND_FIGURES), s))(page_state(page)),
+             DRAW_TIMEOUT_S, f"the Playground's {len(PLAYGROUND_FIGURES)} figures drawn")
+    finally:
+        shoot(page, root, test, "playground")
+    assert_figures_fit(page, test, min_figures=len(PLAYGROUND_FIGURES))
+    controls = {label: (kind, loc) for kind, label, loc in controls_of(root)}
+    assert len(controls) >= 8, f"Playground controls found: {sorted(controls)}"
 
-        # (a) uncheck dropless: capacity is back (at the 0.5 the chapter set), tokens drop.
-        dropless.scroll_into_view_if_needed()
-        dropless.click()
-        capped, _ = settle(page, lambda k: not k["dropless"] and k["capacity"] is not None,
-                           "dropless unchecked")
-        if capped["skew"] != 1.0:
-            readout = skew_slider.locator(".widget-readout")
+    def control(prefix: str):
+        hits = [name for name in controls if name.lower().startswith(prefix.lower())]
+        assert len(hits) == 1, f"{prefix!r}: expected one control, found {hits} in {sorted(controls)}"
+        return hits[0], controls[hits[0]][1]
+
+    moved: list[str] = []
+
+    def act(prefix: str, how=None) -> str:
+        """Move one control (by `how`, or one keyboard step / next option / click) and require a redraw."""
+        name, loc = control(prefix)
+        before = figures_json(root)
+        shown = how(loc) if how else move_control(page, controls[name][0], loc)
+        t0 = time.monotonic()
+        wait_until_redrawn(page, root, before, f"{name} -> {shown}", timeout_s=STEP_TIMEOUT_S)
+        print(f"{name} -> {shown}: figures redrawn after {time.monotonic() - t0:.2f} s")
+        moved.append(name)
+        return shown
+
+    def type_value(value: str):
+        def how(loc):
+            readout = loc.locator(".widget-readout")
             readout.click()
-            readout.fill("1")
+            readout.fill(value)
             readout.press("Enter")
-            capped, _ = settle(page, lambda k: k["skew"] == 1.0 and not k["dropless"], "skew = 1")
-        assert capped["dropped"] > 0, f"skew=1 at capacity factor {capped['cf']} dropped nothing: {capped}"
+            return value
+        return how
 
-        # The slider is enabled again once the kernel's `disabled = False` reached the page.
-        page.wait_for_function(
-            "(el) => !el.querySelector('.noUi-target[disabled]')",
-            arg=cf_slider.element_handle(), timeout=DRAW_TIMEOUT_S * 1000,
-        )
-        handle = cf_slider.locator(".noUi-handle")
-        track = cf_slider.locator(".noUi-target")
-        handle.scroll_into_view_if_needed()
-        hb, tb = handle.bounding_box(), track.bounding_box()
-        x0, y0 = hb["x"] + hb["width"] / 2, hb["y"] + hb["height"] / 2
-        page.mouse.move(x0, y0)
-        page.mouse.down()
-        page.mouse.move(x0 - 5, y0, steps=3)
-        page.mouse.move(tb["x"] - 40, y0, steps=10)  # past the left end: the slider's minimum
-        released = time.monotonic()
-        page.mouse.up()
+    # "running…" must show while a step runs: watch the Playground's text for it.
+    root.evaluate("""(el) => { window.__moeBusySeen = false;
+      new MutationObserver(() => { if (el.textContent.includes('running…')) window.__moeBusySeen = true; })
+        .observe(el, {subtree: true, childList: true, characterData: true}); }""")
+    dropless = root.locator(".widget-checkbox").filter(has_text="dropless").locator("input[type=checkbox]")
+    cf_slider = control("capacity factor")[1]
+    try:
+        # skew: one keyboard step, then typed back to 1 ("all tokens want E0")
+        act("skew")
+        act("skew", type_value("1"))
+        # dropless: the chapter's text asks for capacity on; leave it unchecked
+        if dropless.is_checked():
+            act("dropless")
+        else:
+            act("dropless")
+            act("dropless")
+        capped, _ = settle(page, lambda k: not k["dropless"] and k["skew"] == 1.0, "capacity on, skew 1")
+        assert capped["capacity"] is not None, capped
+
+        # capacity factor: a real mouse drag past the slider's left end, to its minimum
+        page.wait_for_function("(el) => !el.querySelector('.noUi-target[disabled]')",
+                               arg=cf_slider.element_handle(), timeout=DRAW_TIMEOUT_S * 1000)
+
+        def drag_to_minimum(loc):
+            handle, track = loc.locator(".noUi-handle"), loc.locator(".noUi-target")
+            handle.scroll_into_view_if_needed()
+            hb, tb = handle.bounding_box(), track.bounding_box()
+            x0, y0 = hb["x"] + hb["width"] / 2, hb["y"] + hb["height"] / 2
+            page.mouse.move(x0, y0)
+            page.mouse.down()
+            page.mouse.move(x0 - 5, y0, steps=3)
+            page.mouse.move(tb["x"] - 40, y0, steps=10)
+            page.mouse.up()
+            return "dragged to the left end"
+
+        act("capacity factor", drag_to_minimum)
         dragged, shown = settle(page, lambda k: k["cf"] < capped["cf"] and not k["dropless"],
                                 "capacity factor dragged down")
-        print(f"drag: capacity factor {capped['cf']} -> {dragged['cf']}, C {capped['capacity']} -> "
-              f"{dragged['capacity']}, dropped {capped['dropped']} -> {dragged['dropped']} "
-              f"({time.monotonic() - released:.2f} s after release)")
         assert dragged["dropped"] > capped["dropped"], (capped, dragged)
-        assert shown["dropped"] == dragged["dropped"]
-        assert f"({dragged['dropped']} dropped)" in shown["dropped_title"], shown["dropped_title"]
-        readout_cf = float(cf_slider.locator(".widget-readout").text_content())
-        assert readout_cf == pytest.approx(dragged["cf"]), (readout_cf, dragged)
-        shoot(page, figure["dropped"], test, "dropped.after_drag")
+        assert f"({dragged['dropped']} dropped)" in shown["dropped_title"].replace("<br>", " "), shown
+        assert float(cf_slider.locator(".widget-readout").text_content()) == pytest.approx(dragged["cf"])
+        shoot(page, root.locator(".js-plotly-plot").filter(has_text=re.compile(r"Dropped: \d")), test,
+              "dropped.after_drag")
 
-        # (b) k with the keyboard: focus the k slider's handle and press ArrowRight.
-        k_handle = k_slider.locator(".noUi-handle")
-        k_handle.scroll_into_view_if_needed()
-        k_handle.focus()
-        k_handle.press("ArrowRight")
+        # k by the keyboard; it must move the load the kernel computed
+        act("k (experts")
         stepped, shown = settle(page, lambda k: k["k"] == dragged["k"] + 1, "k + 1 by keyboard")
-        assert stepped["recv"] != dragged["recv"], (dragged, stepped)
-        assert shown["recv"] == stepped["recv"]
-        assert k_slider.locator(".widget-readout").text_content().strip() == str(stepped["k"])
-        shoot(page, figure["load"], test, "load.after_keyboard")
+        assert stepped["recv"] != dragged["recv"] and shown["recv"] == stepped["recv"], (dragged, stepped)
 
-        # (c) dropless again: nothing dropped, in the figure and in the kernel.
-        dropless.scroll_into_view_if_needed()
-        dropless.click()
-        final, shown = settle(page, lambda k: k["dropless"], "dropless checked")
-        assert final["dropped"] == 0 and shown["dropped"] == 0, (final, shown)
-        assert final["capacity"] is None
-        assert "step failed" not in shown["status"], shown["status"]
+        # priority changes no count, only which assignments drop: the priority figure must show it
+        priority_plot = root.locator(".js-plotly-plot").filter(has_text="Which assignments dropped")
+        before = priority_plot.evaluate("(gd) => JSON.stringify(gd.data.map((t) => t.y))")
+        act("priority")
+        assert priority_plot.evaluate("(gd) => JSON.stringify(gd.data.map((t) => t.y))") != before
+        shoot(page, priority_plot, test, "priority")
+
+        act("over capacity")
+        bytes_before = root.text_content()
+        act("dispatch")
+        assert root.text_content() != bytes_before  # the bytes beside the switch changed too
+        act("N tokens")
+
+        skipped = [name for name in controls if name not in moved and name.startswith("α")]
+        missing = set(controls) - set(moved) - set(skipped)
+        assert not missing, f"controls never moved: {missing}"
+        if skipped:  # α moves to the BalancingLab (issue 12); it has no figure of its own here
+            print(f"not moved (leaves the Playground for the BalancingLab): {skipped}")
+        assert page.evaluate("() => window.__moeBusySeen"), "no 'running…' was shown during a step"
+
+        final, shown = settle(page, lambda k: True, "after every control")
+        assert not shown["failed"], "a step failed"
+
+        move_every_lab_control(page, test)
         assert error_outputs(page) == []
         assert_no_browser_errors(page)
     finally:
         shoot(page, root.locator(".widget-hbox").first, test, "controls")
-        shoot(page, figure["load"], test, "load")
-        shoot(page, figure["dropped"], test, "dropped")
-        # Stop the ranks the moves restarted, as the chapter's last cell does (best effort), once
-        # no step is running on the widgets' thread.
+        shoot(page, root.locator(".js-plotly-plot").filter(has_text="Tokens per GPU"), test, "load")
         try:
             kernel_eval(page, _CLOSE_CLUSTER, timeout_s=60)
         except Exception as err:
             print(f"[cleanup] cluster.close() failed: {err!r}")
-        figure["dropped"].scroll_into_view_if_needed(timeout=5_000)  # what the page screenshot shows
+        root.locator(".widget-hbox").first.scroll_into_view_if_needed(timeout=5_000)
+
+
+# The BalancingLab's controls in an order where each one matters when it moves: α acts while the
+# balancing is "aux", γ once it is "bias"; the capacity once dropless is off again.
+LAB_ORDER = ("α", "k (experts", "training steps", "router start", "dropless", "dropless", "capacity",
+             "balancing", "γ")
+
+
+def move_every_lab_control(page, test: str) -> None:
+    """Chapter 3's BalancingLab, when the library has one: every control must redraw a figure
+    (each move trains the layer on the ranks again, so this waits for the run to finish)."""
+    has_lab = kernel_eval(page, "import moe_lab.widgets as _w; print(hasattr(_w, 'BalancingLab')); del _w")
+    if has_lab.strip() != "True":
+        print("moe_lab.widgets has no BalancingLab: its controls are not moved")
+        return
+    lab = page.locator(".jp-Notebook .jp-OutputArea-output").filter(
+        has=page.locator(".widget-label", has_text=re.compile(r"^\s*router start")))
+    assert lab.count() == 1, f"expected one BalancingLab output in chapter 3, found {lab.count()}"
+    controls = controls_of(lab)
+    moved = []
+    for prefix in LAB_ORDER:
+        hits = [(kind, label, loc) for kind, label, loc in controls if label.lower().startswith(prefix.lower())]
+        assert len(hits) == 1, f"{prefix!r}: expected one BalancingLab control, found {[h[1] for h in hits]}"
+        kind, label, loc = hits[0]
+        before = figures_json(lab)
+        shown = move_control(page, kind, loc)
+        t0 = time.monotonic()
+        wait_until_redrawn(page, lab, before, f"lab {label} -> {shown}", timeout_s=STEP_TIMEOUT_S * 2, quiet_s=3.0)
+        print(f"lab {label} -> {shown}: figures redrawn after {time.monotonic() - t0:.2f} s")
+        moved.append(label)
+    missing = {label for _, label, _ in controls} - set(moved)
+    assert not missing, f"BalancingLab controls never moved: {missing}"
+    shoot(page, lab, test, "lab")
 
 
 # --------------------------------------------------------------------------- chapter 2
@@ -408,6 +468,21 @@ def test_alltoall_token_path(page, lab_server):
         assert buffers["yaxes"] == 8, buffers
         panels = [a for a in buffers["annotations"] if a.startswith("GPU ")]
         assert [p.split(":")[0] for p in panels] == [f"GPU {r}" for r in range(8)], panels
+        assert_figures_fit(page, test, min_figures=3)
+
+        # The TokenTracer: every control moves the drawn path.
+        tracer = page.locator(".jp-Notebook .jp-OutputArea-output").filter(
+            has=page.locator(".widget-label", has_text=re.compile(r"^\s*GPU \(source\)")))
+        assert tracer.count() == 1, f"expected one TokenTracer output, found {tracer.count()}"
+        found = controls_of(tracer)
+        assert [label for _, label, _ in found] == ["GPU (source)", "token"], found
+        for kind, label, loc in found:
+            before = figures_json(tracer)
+            shown = move_control(page, kind, loc)
+            wait_until_redrawn(page, tracer, before, f"tracer {label} -> {shown}", timeout_s=DRAW_TIMEOUT_S)
+            title = tracer.locator(".js-plotly-plot").evaluate("(gd) => gd.layout.title.text")
+            assert (f"Token {shown} " if label == "token" else f"of GPU {shown} ") in title, (label, shown, title)
+        shoot(page, tracer, test, "tracer")
         assert_no_browser_errors(page)
     finally:
         shoot(page, path_cell.locator(".jp-OutputArea"), test, "token_path")

@@ -11,6 +11,7 @@ from .conftest import (
     REPO,
     RESULTS,
     _result_name,
+    assert_figures_fit,
     assert_no_browser_errors,
     error_outputs,
     open_notebook,
@@ -131,4 +132,5 @@ if SMOKE:
         errors = error_outputs(page)
         assert not errors, f"{relpath} raised:\n\n" + "\n\n".join(errors)
         assert state["unexecuted"] == [], f"{relpath}: code cells that never ran: {state}"
+        assert_figures_fit(page, f"test_chapter_runs_clean_{notebook.name}", min_figures=0)
         assert_no_browser_errors(page)
