@@ -33,9 +33,13 @@ from .paths import usable_cores
 # collective would otherwise import torch._dynamo: about a second per rank).
 _PRELOAD = ["torch", "torch.distributed", "torch.distributed._functional_collectives", "torch._dynamo",
             "moe_lab.cluster", "moe_lab.layer"]
-# Words in a rank's error that mean "my peer went away", not "I am the cause".
-_SECONDARY = ("DistBackendError", "Connection closed", "Connection reset", "Timed out", "timed out",
-              "gloo", "NCCL", "Broken pipe", "peer")
+# Phrases in a rank's error that mean "my peer went away" or "I timed out waiting", not "I am the
+# cause": gloo's lost connections and timeouts, NCCL's watchdog timeout, aborted communicator and
+# remote errors. Not "NCCL" or "DistBackendError" as such: an NCCL error on the rank that caused the
+# failure (invalid usage, a CUDA error, a setup error) carries those words too, and is primary.
+_SECONDARY = ("Connection closed", "Connection reset", "Broken pipe", "Timed out", "timed out", "peer",
+              "Watchdog caught collective operation timeout", "NCCL communicator was aborted",
+              "ncclRemoteError", "remote process exit")
 
 
 class RankError(RuntimeError):
@@ -247,6 +251,7 @@ class Cluster:
         pending = set(range(P))
         deadline = time.monotonic() + self.timeout
         settle = None  # after a first failure, a short wait to learn which rank caused it
+        failed_at = None  # seconds into the call of the first failure
         try:
             while pending:
                 limit = deadline if settle is None else min(deadline, settle)
@@ -266,6 +271,7 @@ class Cluster:
                     pending.discard(r)
                     if kind != "ok" and settle is None:
                         settle = time.monotonic() + 0.5
+                        failed_at = self.timeout - (deadline - time.monotonic())
         except KeyboardInterrupt:
             _stop(self._procs, self._conns, self._dirs)
             warnings.warn("interrupted: all ranks were stopped; the next call starts fresh ones", stacklevel=3)
@@ -273,14 +279,25 @@ class Cluster:
         if not pending and not errors and not dead:
             return results
         _stop(self._procs, self._conns, self._dirs)  # never leave a half-broken group behind
-        raise _failure(what, errors, dead, pending, self.timeout)
+        raise _failure(what, errors, dead, pending, self.timeout, failed_at)
 
 
-def _failure(what, errors, dead, pending, timeout) -> Exception:
-    """Name the rank that caused the failure, not the peers that failed waiting for it."""
-    if dead:
-        r = min(dead)
-        code = dead[r]
+def _failure(what, errors, dead, pending, timeout, failed_at=None) -> Exception:
+    """Name the rank that caused the failure, not the peers that failed waiting for it.
+
+    errors {rank: traceback}, dead {rank: exit code}, pending: ranks that never answered;
+    failed_at: seconds into the call of the first failure (None: unknown).
+    A rank that died is the cause, except one killed by SIGABRT while another rank is still
+    pending, at or after the collective timeout: that is NCCL's watchdog aborting a peer that
+    waited for the pending (hung) rank, so the pending rank is named (ClusterTimeout). An early
+    SIGABRT (a crash, before any collective could time out) stays the cause.
+    """
+    late = failed_at is None or failed_at >= 0.9 * _collective_timeout(timeout)
+    aborted = {r for r, code in dead.items() if pending and late and code == -signal.SIGABRT}
+    died = {r: code for r, code in dead.items() if r not in aborted}
+    if died:
+        r = min(died)
+        code = died[r]
         how = f"killed by {signal.Signals(-code).name}" if code is not None and code < 0 else f"exited with code {code}"
         return RankError(r, f"died during {what} ({how})")
     primary = {r: tb for r, tb in errors.items() if not any(w in tb for w in _SECONDARY)}
@@ -288,7 +305,11 @@ def _failure(what, errors, dead, pending, timeout) -> Exception:
         r = min(primary)
         return RankError(r, f"raised during {what}: {primary[r].strip().splitlines()[-1]}", primary[r])
     if pending:
-        detail = f"; the others failed waiting for {'them' if len(pending) > 1 else 'it'}" if errors else ""
+        them = "them" if len(pending) > 1 else "it"
+        detail = f"; the others failed waiting for {them}" if errors else ""
+        if aborted:
+            detail += (f"; rank{'s' if len(aborted) > 1 else ''} {', '.join(map(str, sorted(aborted)))} "
+                       f"{'were' if len(aborted) > 1 else 'was'} aborted (SIGABRT) by the NCCL watchdog waiting for {them}")
         return ClusterTimeout(pending, timeout, detail)
     r = min(errors)
     return RankError(r, f"raised during {what}: {errors[r].strip().splitlines()[-1]}", errors[r])
@@ -338,19 +359,60 @@ def _watch_parent(parent_pid: int, ppid: int) -> None:
             os._exit(3)
 
 
+def rank_device(backend: str, local_rank: int):
+    """This rank's device, and what `init_process_group` needs for it: (device, extra kwargs).
+
+    NCCL: GPU `local_rank`, made current and passed as `device_id`, so the communicator is made
+    inside init_process_group (a setup error or a missing peer shows there, under the init
+    timeout) and not inside the first collective of a step.
+    TF32 off on every rank: with TF32 a float32 matmul keeps ~10 mantissa bits, so router logits
+    move by ~1e-3 and a near-tie between two experts can flip, sending the token elsewhere than
+    the float32 reference does; the course checks every distributed step against that reference.
+    """
+    import torch
+
+    torch.set_float32_matmul_precision("highest")
+    torch.backends.cudnn.allow_tf32 = False
+    if backend != "nccl":
+        return torch.device("cpu"), {}
+    if local_rank >= torch.cuda.device_count():
+        raise ValueError(f"local rank {local_rank} needs GPU {local_rank}, but {torch.cuda.device_count()} GPU(s) "
+                         "are visible: start at most one NCCL rank per GPU on each node")
+    device = torch.device("cuda", local_rank)
+    torch.cuda.set_device(device)
+    return device, {"device_id": device}
+
+
+def _host_only(value, where="result", depth=0):
+    """Refuse a reply that holds a tensor not on the CPU: a CUDA tensor unpickled in the parent
+    opens a CUDA context there on that GPU and keeps handles that dangle once the rank stops."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        if value.device.type != "cpu":
+            raise ValueError(f"{where} is on {value.device}: send results back to the parent as CPU tensors "
+                             "(.cpu()), not tensors on the rank's device")
+    elif depth < 6 and isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _host_only(v, f"{where}[{i}]", depth + 1)
+    elif depth < 6 and isinstance(value, dict):
+        for k, v in value.items():
+            _host_only(v, f"{where}[{k!r}]", depth + 1)
+    elif depth < 6 and hasattr(value, "__dataclass_fields__"):
+        for k in value.__dataclass_fields__:
+            _host_only(getattr(value, k, None), f"{where}.{k}", depth + 1)
+
+
 def _worker(rank, world_size, backend, init_file, timeout, threads, conn, parent_pid):
     import torch
     import torch.distributed as dist
 
     torch.set_num_threads(threads)  # before the first torch op: ranks must not fight over cores
     threading.Thread(target=_watch_parent, args=(parent_pid, os.getppid()), daemon=True).start()
-    device = torch.device("cpu")
     try:
-        if backend == "nccl":
-            torch.cuda.set_device(rank)
-            device = torch.device("cuda", rank)
-        dist.init_process_group(backend, init_method=f"file://{init_file}", rank=rank,
-                                world_size=world_size, timeout=timedelta(seconds=_collective_timeout(timeout)))
+        device, device_kwargs = rank_device(backend, rank)
+        dist.init_process_group(backend, init_method=f"file://{init_file}", rank=rank, world_size=world_size,
+                                timeout=timedelta(seconds=_collective_timeout(timeout)), **device_kwargs)
     except BaseException:  # noqa: BLE001 - report everything to the parent
         conn.send((0, False, traceback.format_exc()))
         return
@@ -367,8 +429,9 @@ def _worker(rank, world_size, backend, init_file, timeout, threads, conn, parent
         seq, payload = seq_payload
         try:
             fn, args, kwargs = pickle.loads(payload)
-            reply = (seq, True, fn(ctx, *args, **kwargs))
-            conn.send(reply)
+            result = fn(ctx, *args, **kwargs)
+            _host_only(result)
+            conn.send((seq, True, result))
         except BaseException:  # noqa: BLE001
             conn.send((seq, False, traceback.format_exc()))
     dist.destroy_process_group()
