@@ -81,7 +81,8 @@ def _torchrun_step(cfg, args):
     import torch._dynamo  # noqa: F401
     import torch.distributed._functional_collectives  # noqa: F401
 
-    from .cluster import RankContext, rank_device
+    from .cluster import RankContext
+    from .device import rank_device
     from .step import step_on_rank
     from .trace import StepTrace
 

@@ -359,53 +359,11 @@ def _watch_parent(parent_pid: int, ppid: int) -> None:
             os._exit(3)
 
 
-def rank_device(backend: str, local_rank: int):
-    """This rank's device, and what `init_process_group` needs for it: (device, extra kwargs).
-
-    NCCL: GPU `local_rank`, made current and passed as `device_id`, so the communicator is made
-    inside init_process_group (a setup error or a missing peer shows there, under the init
-    timeout) and not inside the first collective of a step.
-    TF32 off on every rank: with TF32 a float32 matmul keeps ~10 mantissa bits, so router logits
-    move by ~1e-3 and a near-tie between two experts can flip, sending the token elsewhere than
-    the float32 reference does; the course checks every distributed step against that reference.
-    """
-    import torch
-
-    torch.set_float32_matmul_precision("highest")
-    torch.backends.cudnn.allow_tf32 = False
-    if backend != "nccl":
-        return torch.device("cpu"), {}
-    if local_rank >= torch.cuda.device_count():
-        raise ValueError(f"local rank {local_rank} needs GPU {local_rank}, but {torch.cuda.device_count()} GPU(s) "
-                         "are visible: start at most one NCCL rank per GPU on each node")
-    device = torch.device("cuda", local_rank)
-    torch.cuda.set_device(device)
-    return device, {"device_id": device}
-
-
-def _host_only(value, where="result", depth=0):
-    """Refuse a reply that holds a tensor not on the CPU: a CUDA tensor unpickled in the parent
-    opens a CUDA context there on that GPU and keeps handles that dangle once the rank stops."""
-    import torch
-
-    if isinstance(value, torch.Tensor):
-        if value.device.type != "cpu":
-            raise ValueError(f"{where} is on {value.device}: send results back to the parent as CPU tensors "
-                             "(.cpu()), not tensors on the rank's device")
-    elif depth < 6 and isinstance(value, (list, tuple)):
-        for i, v in enumerate(value):
-            _host_only(v, f"{where}[{i}]", depth + 1)
-    elif depth < 6 and isinstance(value, dict):
-        for k, v in value.items():
-            _host_only(v, f"{where}[{k!r}]", depth + 1)
-    elif depth < 6 and hasattr(value, "__dataclass_fields__"):
-        for k in value.__dataclass_fields__:
-            _host_only(getattr(value, k, None), f"{where}.{k}", depth + 1)
-
-
 def _worker(rank, world_size, backend, init_file, timeout, threads, conn, parent_pid):
     import torch
     import torch.distributed as dist
+
+    from .device import host_only, rank_device
 
     torch.set_num_threads(threads)  # before the first torch op: ranks must not fight over cores
     threading.Thread(target=_watch_parent, args=(parent_pid, os.getppid()), daemon=True).start()
@@ -430,7 +388,7 @@ def _worker(rank, world_size, backend, init_file, timeout, threads, conn, parent
         try:
             fn, args, kwargs = pickle.loads(payload)
             result = fn(ctx, *args, **kwargs)
-            _host_only(result)
+            host_only(result)
             conn.send((seq, True, result))
         except BaseException:  # noqa: BLE001
             conn.send((seq, False, traceback.format_exc()))

@@ -16,6 +16,7 @@ from torch import nn
 from . import routing
 from .comm import note
 from .config import MoEConfig
+from .device import synchronizer
 from .dispatch import exchange_counts, make_local_experts, padded_exchange, ragged_exchange, send_order
 from .expert_choice import route_fn
 from .experts import tp_shard
@@ -131,12 +132,6 @@ class MoELayer(nn.Module):
             router=cfg.router, num_shared=cfg.num_shared, granularity=cfg.granularity,
         )
         return y, trace
-
-
-def synchronizer(device):
-    """sync() waits for the kernels queued on `device` (a no-op on the CPU). CUDA kernels run
-    after Python returns, so a clock read without it times the launches, not the work."""
-    return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
 
 
 def _timer(device):

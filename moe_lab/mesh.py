@@ -76,7 +76,8 @@ def composed_step_on_rank(ctx, cfg, dp: int, ep: int, tp: int, tokens_per_rank: 
     (trace, tensors, log): y and the gradients (to compare with the reference), and the list of
     (op, group, bytes) collectives this rank ran.
     """
-    from .layer import MoELayer, synchronizer
+    from .device import synchronizer
+    from .layer import MoELayer
     from .workload import init_weights, make_tokens, upstream_grad
 
     key = ("mesh", dp, ep, tp)

@@ -10,7 +10,8 @@ import time
 
 import torch
 
-from .layer import MoELayer, synchronizer
+from .device import synchronizer
+from .layer import MoELayer
 from .reference import moe_forward
 from .workload import init_shared_weights, init_weights, make_tokens, upstream_grad
 
