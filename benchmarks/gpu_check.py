@@ -67,9 +67,9 @@ def check_mesh(cluster):
     return f"dp = ep = tp = 1: y and gradients = reference, CPU tensors back; {len(log)} collectives"
 
 
-def check_faults(timeout):
+def check_faults(backend, timeout):
     out = []
-    with Cluster(world_size=1, backend="nccl", timeout=timeout) as c:
+    with Cluster(world_size=1, backend=backend, timeout=timeout) as c:
         try:
             c.run(faults.raise_on, 0)
             raise AssertionError("raise_on did not raise")
@@ -90,16 +90,19 @@ def check_faults(timeout):
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--report", default=None, help="also write the Markdown report here")
+    ap.add_argument("--backend", default="nccl", choices=["nccl", "gloo"],
+                    help="gloo: a dry run of this script on a CPU (checks the script, not the GPU path)")
     args = ap.parse_args()
     lines = []
-    if not torch.cuda.is_available():
+    if args.backend == "nccl" and not torch.cuda.is_available():
         print("FAIL no CUDA GPU visible: nothing to check")
         return 2
-    head = (f"torch {torch.__version__}, CUDA {torch.version.cuda}, NCCL {'.'.join(map(str, torch.cuda.nccl.version()))}, "
-            f"{torch.cuda.get_device_name(0)} ({torch.cuda.device_count()} visible), Python {platform.python_version()}")
+    gpu = (f"CUDA {torch.version.cuda}, NCCL {'.'.join(map(str, torch.cuda.nccl.version()))}, {torch.cuda.get_device_name(0)} "
+           f"({torch.cuda.device_count()} visible)" if args.backend == "nccl" else "gloo dry run on the CPU")
+    head = f"torch {torch.__version__}, {gpu}, Python {platform.python_version()}"
     print(head)
     failed = 0
-    with Cluster(world_size=1, backend="nccl", timeout=120) as cluster:
+    with Cluster(world_size=1, backend=args.backend, timeout=120) as cluster:
         checks = [("rank set-up", lambda: "device {}, matmul precision {}, cuDNN TF32 {}".format(*cluster.run(rank_numerics)[0]))]
         checks += [(f"step {d} {'fwd+bwd' if b else 'fwd'}", lambda d=d, b=b: check_step(cluster, d, b))
                    for d in ("ragged", "padded") for b in (False, True)]
@@ -112,7 +115,7 @@ def main() -> int:
                 lines.append(f"FAIL {name}: {traceback.format_exc().strip().splitlines()[-1]}")
             print(lines[-1], flush=True)
     try:
-        lines.append(f"PASS fault demo: {check_faults(timeout=10)}")
+        lines.append(f"PASS fault demo: {check_faults(args.backend, timeout=10)}")
     except Exception:  # noqa: BLE001
         failed += 1
         lines.append(f"FAIL fault demo: {traceback.format_exc().strip().splitlines()[-1]}")
