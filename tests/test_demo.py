@@ -45,3 +45,22 @@ def test_torchrun_demo_leaves_no_gloo_thread_behind_its_process_group():
 def test_demo_rejects_bad_config_before_starting_ranks():
     out = run([sys.executable, "-m", "moe_lab", "demo", "--world-size", "3", "--experts", "4"])
     assert out.returncode != 0 and "cannot be split evenly" in out.stderr
+
+
+def test_torchrun_nccl_needs_a_gpu_per_rank_on_the_node(monkeypatch):
+    """More torchrun processes on a node than GPUs: a clear error before any process group, not
+    CUDA's "invalid device ordinal" in the middle of a step."""
+    import torch
+
+    from moe_lab.cli_demo import torchrun_backend
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert torchrun_backend("nccl", 2) == "nccl"
+    assert torchrun_backend("auto", 2) == "nccl"
+    assert torchrun_backend("auto", 4) == "gloo"  # every rank of the node decides alike
+    with pytest.raises(ValueError, match="torchrun starts 4 rank.*has 2 GPU.*--nproc-per-node 2 or --backend gloo"):
+        torchrun_backend("nccl", 4)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(ValueError, match="this node has none"):
+        torchrun_backend("nccl", 1)

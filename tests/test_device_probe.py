@@ -116,3 +116,15 @@ def test_a_result_on_another_device_is_refused_at_the_reply(cluster):
 def test_tokens_on_another_device_get_a_clear_error(cluster):
     with pytest.raises(RankError, match=r"x is on meta but this rank's layer is on cpu; move the tokens first"):
         cluster.run(bad_input_on_rank, CFG, "device")
+
+
+def test_rank_set_up_turns_tf32_off_and_refuses_a_missing_gpu(monkeypatch):
+    import torch
+
+    from moe_lab.device import rank_device
+
+    assert rank_device("gloo", 0) == (torch.device("cpu"), {})
+    assert torch.get_float32_matmul_precision() == "highest" and not torch.backends.cudnn.allow_tf32
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ValueError, match="local rank 2 needs GPU 2, but 2 GPU"):
+        rank_device("nccl", 2)
