@@ -12,7 +12,8 @@ Here the ranks run gloo on the CPU, where both go unnoticed, so inside `probe`:
 Results still cross back to the parent through the Cluster's reply check (CPU tensors only).
 
 Adding a rank function to the probe is one line in tests/test_device_probe.py:
-    case("my variant", my_module.my_step_on_rank, cfg, 16)
+    case("my variant", my_module.my_step_on_rank, cfg, 16, expect=(A2A,))
+A new function that draws seeded data on the host (like moe_lab.workload's) joins HOST_SOURCES.
 """
 from __future__ import annotations
 
