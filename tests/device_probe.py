@@ -166,7 +166,8 @@ def _on_host(value):
 
 
 # Functions whose tensors are seeded host data (the same numbers in the parent and on every rank).
-HOST_SOURCES = ["moe_lab.workload:init_weights", "moe_lab.workload:make_tokens", "moe_lab.workload:upstream_grad",
+HOST_SOURCES = ["moe_lab.workload:init_weights", "moe_lab.workload:init_shared_weights",
+                "moe_lab.workload:make_tokens", "moe_lab.workload:upstream_grad",
                 "moe_lab.train:task", "moe_lab.train:batch"]
 
 

@@ -51,6 +51,9 @@ CASES = [
            expect=(FA2A,) + ((AR,) if b else ()))
       for d in ("ragged", "padded") for b in (False, True)),
     case("step dropless skew 1", step_on_rank, CFG.replace(capacity_factor=None), 16, 1.0, True, True, expect=(A2A, FA2A)),
+    case("step shared experts", step_on_rank, CFG.replace(num_shared=1), 16, 0.3, True, True, expect=(FA2A, AR)),
+    case("step fine-grained", step_on_rank, CFG.fine_grained(2), 16, 0.3, True, True, expect=(FA2A, AR)),
+    case("step expert choice", step_on_rank, CFG.replace(router="expert_choice"), 16, 0.3, True, True, expect=(FA2A, AR)),
     *(case(f"train {bal} step {s}", train_step_on_rank, CFG, 16, bal, 0.01, 0.01, s, expect=(FA2A, AR))
       for bal in BALANCE for s in (0, 1)),
     *(case(f"mesh dp{dp} ep{ep} tp{tp}", composed_step_on_rank, CFG, dp, ep, tp, 8, 0.3, expect=(AR,))
