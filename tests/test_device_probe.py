@@ -18,7 +18,7 @@ from moe_lab import MoEConfig, faults
 from moe_lab.cluster import Cluster, RankError
 from moe_lab.mesh import composed_step_on_rank
 from moe_lab.step import step_on_rank
-from moe_lab.train import BALANCE, train_step_on_rank
+from moe_lab.train import BALANCE, train_steps_on_rank
 from rank_fns import bad_input_on_rank, collective_on_default_device, returns_device_tensor
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,8 +54,8 @@ CASES = [
     case("step shared experts", step_on_rank, CFG.replace(num_shared=1), 16, 0.3, True, True, expect=(FA2A, AR)),
     case("step fine-grained", step_on_rank, CFG.fine_grained(2), 16, 0.3, True, True, expect=(FA2A, AR)),
     case("step expert choice", step_on_rank, CFG.replace(router="expert_choice"), 16, 0.3, True, True, expect=(FA2A, AR)),
-    *(case(f"train {bal} step {s}", train_step_on_rank, CFG, 16, bal, 0.01, 0.01, s, expect=(FA2A, AR))
-      for bal in BALANCE for s in (0, 1)),
+    *(case(f"train {bal} steps 0-1", train_steps_on_rank, CFG, 16, bal, 0.01, 0.01, "collapsed", 0, 2,
+           expect=(FA2A, AR)) for bal in BALANCE),
     *(case(f"mesh dp{dp} ep{ep} tp{tp}", composed_step_on_rank, CFG, dp, ep, tp, 8, 0.3, expect=(AR,))
       for dp, ep, tp in ((1, 2, 1), (1, 1, 2), (2, 1, 1))),
     *(case(f"faults.{f.__name__}", f, -1, expect=(A2A,))  # no rank is bad: every rank reaches the collective
