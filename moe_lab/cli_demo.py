@@ -53,35 +53,54 @@ def run_demo(args) -> int:
     return 0
 
 
+def torchrun_backend(requested: str, local_world_size: int) -> str:
+    """The backend every rank of a node picks alike: NCCL needs a GPU for each of the node's
+    `local_world_size` ranks (more ranks than GPUs would fail later as "invalid device ordinal")."""
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if requested == "auto":
+        return "nccl" if 0 < local_world_size <= gpus else "gloo"
+    if requested == "nccl" and local_world_size > gpus:
+        raise ValueError(f"--backend nccl needs one GPU per rank, but torchrun starts {local_world_size} rank(s) on "
+                         f"this node and it has {gpus} GPU(s); use --nproc-per-node {gpus} or --backend gloo"
+                         if gpus else "--backend nccl needs a GPU per rank and this node has none; use --backend gloo")
+    return requested
+
+
 def _torchrun_step(cfg, args):
     """Under torchrun every process is a rank: init from env://, step, gather traces on rank 0."""
     from datetime import timedelta
 
-    import torch
     import torch.distributed as dist
+    # Imported before the process group exists: torch._dynamo (which the first functional collective
+    # would import) keeps references to the process groups alive at import time, and then
+    # destroy_process_group() cannot free the group: gloo's native threads (gloo_tcp_loop,
+    # pt_gloo_runloop) would outlive it into interpreter exit and abort the rank ("terminate called
+    # without an active exception") when a peer closes its sockets first.
+    import torch._dynamo  # noqa: F401
+    import torch.distributed._functional_collectives  # noqa: F401
 
-    from .cluster import RankContext, pick_backend
+    from .cluster import RankContext
+    from .device import rank_device
     from .step import step_on_rank
     from .trace import StepTrace
 
     rank, P, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
-    backend = args.backend
-    if backend == "auto":  # under torchrun each process sees the node's GPUs: one per local rank
-        backend = "nccl" if torch.cuda.is_available() and torch.cuda.device_count() > local else "gloo"
-    else:
-        pick_backend(1, backend)
-    device = torch.device("cpu")
-    if backend == "nccl":
-        torch.cuda.set_device(local)
-        device = torch.device("cuda", local)
-    dist.init_process_group(backend, init_method="env://", timeout=timedelta(seconds=60))
+    backend = torchrun_backend(args.backend, int(os.environ.get("LOCAL_WORLD_SIZE", local + 1)))
+    device, device_kwargs = rank_device(backend, local)
+    dist.init_process_group(backend, init_method="env://", timeout=timedelta(seconds=60), **device_kwargs)
+    ctx = RankContext(rank, P, backend, device, dist.group.WORLD)
     try:
-        ctx = RankContext(rank, P, backend, device, dist.group.WORLD)
         part = step_on_rank(ctx, cfg, args.tokens_per_rank, args.skew)
         parts = [None] * P if rank == 0 else None
         dist.gather_object(part, parts, dst=0)
         dist.barrier()  # nobody tears down its connections while rank 0 may still be receiving
     finally:
+        # teardown order: drop our references to the group (the cached layer holds it), then
+        # destroy it, which joins its native threads before this process starts to exit
+        ctx._state.clear()
+        ctx.group = None
         dist.destroy_process_group()
     return StepTrace.merge(parts) if rank == 0 else None
 

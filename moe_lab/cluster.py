@@ -31,9 +31,14 @@ from .config import check_world_size
 from .paths import usable_cores
 from .prewarm import PRELOAD as _PRELOAD  # noqa: F401 - the forkserver's preload (kept importable here)
 from .prewarm import forkserver_context
-# Words in a rank's error that mean "my peer went away", not "I am the cause".
-_SECONDARY = ("DistBackendError", "Connection closed", "Connection reset", "Timed out", "timed out",
-              "gloo", "NCCL", "Broken pipe", "peer")
+
+# Phrases in a rank's error that mean "my peer went away" or "I timed out waiting", not "I am the
+# cause": gloo's lost connections and timeouts, NCCL's watchdog timeout, aborted communicator and
+# remote errors. Not "NCCL" or "DistBackendError" as such: an NCCL error on the rank that caused the
+# failure (invalid usage, a CUDA error, a setup error) carries those words too, and is primary.
+_SECONDARY = ("Connection closed", "Connection reset", "Broken pipe", "Timed out", "timed out", "peer",
+              "Watchdog caught collective operation timeout", "NCCL communicator was aborted",
+              "ncclRemoteError", "remote process exit")
 
 
 class RankError(RuntimeError):
@@ -248,6 +253,7 @@ class Cluster:
         pending = set(range(P))
         deadline = time.monotonic() + self.timeout
         settle = None  # after a first failure, a short wait to learn which rank caused it
+        failed_at = None  # seconds into the call of the first failure
         try:
             while pending:
                 limit = deadline if settle is None else min(deadline, settle)
@@ -267,6 +273,7 @@ class Cluster:
                     pending.discard(r)
                     if kind != "ok" and settle is None:
                         settle = time.monotonic() + 0.5
+                        failed_at = self.timeout - (deadline - time.monotonic())
         except KeyboardInterrupt:
             _stop(self._procs, self._conns, self._dirs)
             warnings.warn("interrupted: all ranks were stopped; the next call starts fresh ones", stacklevel=3)
@@ -274,14 +281,25 @@ class Cluster:
         if not pending and not errors and not dead:
             return results
         _stop(self._procs, self._conns, self._dirs)  # never leave a half-broken group behind
-        raise _failure(what, errors, dead, pending, self.timeout)
+        raise _failure(what, errors, dead, pending, self.timeout, failed_at)
 
 
-def _failure(what, errors, dead, pending, timeout) -> Exception:
-    """Name the rank that caused the failure, not the peers that failed waiting for it."""
-    if dead:
-        r = min(dead)
-        code = dead[r]
+def _failure(what, errors, dead, pending, timeout, failed_at=None) -> Exception:
+    """Name the rank that caused the failure, not the peers that failed waiting for it.
+
+    errors {rank: traceback}, dead {rank: exit code}, pending: ranks that never answered;
+    failed_at: seconds into the call of the first failure (None: unknown).
+    A rank that died is the cause, except one killed by SIGABRT while another rank is still
+    pending, at or after the collective timeout: that is NCCL's watchdog aborting a peer that
+    waited for the pending (hung) rank, so the pending rank is named (ClusterTimeout). An early
+    SIGABRT (a crash, before any collective could time out) stays the cause.
+    """
+    late = failed_at is None or failed_at >= 0.9 * _collective_timeout(timeout)
+    aborted = {r for r, code in dead.items() if pending and late and code == -signal.SIGABRT}
+    died = {r: code for r, code in dead.items() if r not in aborted}
+    if died:
+        r = min(died)
+        code = died[r]
         how = f"killed by {signal.Signals(-code).name}" if code is not None and code < 0 else f"exited with code {code}"
         return RankError(r, f"died during {what} ({how})")
     primary = {r: tb for r, tb in errors.items() if not any(w in tb for w in _SECONDARY)}
@@ -289,7 +307,11 @@ def _failure(what, errors, dead, pending, timeout) -> Exception:
         r = min(primary)
         return RankError(r, f"raised during {what}: {primary[r].strip().splitlines()[-1]}", primary[r])
     if pending:
-        detail = f"; the others failed waiting for {'them' if len(pending) > 1 else 'it'}" if errors else ""
+        them = "them" if len(pending) > 1 else "it"
+        detail = f"; the others failed waiting for {them}" if errors else ""
+        if aborted:
+            detail += (f"; rank{'s' if len(aborted) > 1 else ''} {', '.join(map(str, sorted(aborted)))} "
+                       f"{'were' if len(aborted) > 1 else 'was'} aborted (SIGABRT) by the NCCL watchdog waiting for {them}")
         return ClusterTimeout(pending, timeout, detail)
     r = min(errors)
     return RankError(r, f"raised during {what}: {errors[r].strip().splitlines()[-1]}", errors[r])
@@ -357,15 +379,15 @@ def _worker(rank, world_size, backend, init_file, timeout, threads, conn, parent
         os.environ.update(here[1])
         for key in set(os.environ) - set(here[1]):
             del os.environ[key]
+
+    from .device import host_only, rank_device
+
     torch.set_num_threads(threads)  # before the first torch op: ranks must not fight over cores
     threading.Thread(target=_watch_parent, args=(parent_pid, os.getppid()), daemon=True).start()
-    device = torch.device("cpu")
     try:
-        if backend == "nccl":
-            torch.cuda.set_device(rank)
-            device = torch.device("cuda", rank)
-        dist.init_process_group(backend, init_method=f"file://{init_file}", rank=rank,
-                                world_size=world_size, timeout=timedelta(seconds=_collective_timeout(timeout)))
+        device, device_kwargs = rank_device(backend, rank)
+        dist.init_process_group(backend, init_method=f"file://{init_file}", rank=rank, world_size=world_size,
+                                timeout=timedelta(seconds=_collective_timeout(timeout)), **device_kwargs)
     except BaseException:  # noqa: BLE001 - report everything to the parent
         conn.send((0, False, traceback.format_exc()))
         return
@@ -382,7 +404,9 @@ def _worker(rank, world_size, backend, init_file, timeout, threads, conn, parent
         seq, payload = call
         try:
             fn, args, kwargs = wire.loads(payload)
-            conn.send_bytes(wire.dumps((seq, True, fn(ctx, *args, **kwargs))))
+            result = fn(ctx, *args, **kwargs)
+            host_only(result)  # only CPU tensors cross back to the parent
+            conn.send_bytes(wire.dumps((seq, True, result)))
         except BaseException:  # noqa: BLE001
             conn.send((seq, False, traceback.format_exc()))
     dist.destroy_process_group()

@@ -14,7 +14,7 @@ import torch.distributed as dist
 
 
 def _then_collective(ctx):
-    t = torch.ones(ctx.world_size)
+    t = torch.ones(ctx.world_size, device=ctx.device)  # NCCL takes only tensors on the rank's GPU
     dist.all_to_all_single(torch.empty_like(t), t)
     return ctx.rank
 

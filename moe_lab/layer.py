@@ -16,6 +16,7 @@ from torch import nn
 from . import routing
 from .comm import note
 from .config import MoEConfig
+from .device import synchronizer
 from .dispatch import exchange_counts, make_local_experts, padded_exchange, ragged_exchange, send_order
 from .expert_choice import route_fn
 from .experts import tp_shard
@@ -90,7 +91,12 @@ class MoELayer(nn.Module):
             raise ValueError(f"x must be a [N, d_model={cfg.d_model}] tensor, got {shape}")
         if x.dtype != self.router_w.dtype:
             raise ValueError(f"x has dtype {x.dtype} but the layer's weights are {self.router_w.dtype}")
+        if x.device != self.router_w.device:
+            raise ValueError(f"x is on {x.device} but this rank's layer is on {self.router_w.device}; "
+                             f"move the tokens first: layer(x.to(ctx.device))")
         times, timer = _timer(x.device)
+        sync = synchronizer(x.device)
+        sync()
         t0 = time.perf_counter()
         N, E, k = x.shape[0], cfg.num_experts, cfg.k
         with timer("router"):
@@ -114,6 +120,7 @@ class MoELayer(nn.Module):
             with timer("shared"):
                 y = y + self.shared(x)  # [N, d] every token, on its own rank
         self.aux_loss, self.z_loss = r["aux_loss"], r["z_loss"]
+        sync()  # the combine's last kernels belong to this step's time
         times["total"] = time.perf_counter() - t0
         trace = RankTrace(
             rank=self.rank, world_size=self.P, num_experts=E, k=cfg.k, d_model=cfg.d_model,
@@ -130,7 +137,7 @@ class MoELayer(nn.Module):
 def _timer(device):
     """A per-phase stopwatch; on a GPU it synchronises so a phase owns its kernels' time."""
     times = {}
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync = synchronizer(device)
 
     @contextmanager
     def timer(name):

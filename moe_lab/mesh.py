@@ -31,7 +31,7 @@ def layout(world_size: int, dp: int, ep: int, tp: int) -> dict:
             raise ValueError(f"{name}={v!r}: must be a whole number >= 1")
     if dp * ep * tp != world_size:
         raise ValueError(f"dp × ep × tp = {dp} × {ep} × {tp} = {dp * ep * tp}, but world_size = {world_size}")
-    grid = torch.arange(world_size).view(dp, ep, tp)
+    grid = torch.arange(world_size, device="cpu").view(dp, ep, tp)  # host bookkeeping, never a collective
     return {
         "tp": grid.reshape(-1, tp).tolist(),
         "ep": grid.permute(0, 2, 1).reshape(-1, ep).tolist(),
@@ -76,6 +76,7 @@ def composed_step_on_rank(ctx, cfg, dp: int, ep: int, tp: int, tokens_per_rank: 
     (trace, tensors, log): y and the gradients (to compare with the reference), and the list of
     (op, group, bytes) collectives this rank ran.
     """
+    from .device import synchronizer
     from .layer import MoELayer
     from .workload import init_weights, make_tokens, upstream_grad
 
@@ -89,9 +90,11 @@ def composed_step_on_rank(ctx, cfg, dp: int, ep: int, tp: int, tokens_per_rank: 
     weights = init_weights(cfg)
     layer = MoELayer(cfg, mesh.groups["ep"], ctx.device, tp_group=mesh.groups["tp"],
                      router_group=mesh.groups["router"]).load_global_weights(*weights)
-    x = make_tokens(cfg, blocks, N, skew, weights[0])[b * N : (b + 1) * N].requires_grad_()
-    g = upstream_grad(cfg, blocks, N)[b * N : (b + 1) * N]
+    x = make_tokens(cfg, blocks, N, skew, weights[0])[b * N : (b + 1) * N].to(ctx.device).requires_grad_()  # [N, d]
+    g = upstream_grad(cfg, blocks, N)[b * N : (b + 1) * N].to(ctx.device)  # [N, d] dL/dy
+    sync = synchronizer(ctx.device)
     with counting() as log:
+        sync()
         t0 = time.perf_counter()
         y, trace = layer(x)
         ((y * g).sum() + layer.aux_loss + layer.z_loss).backward()
@@ -99,8 +102,11 @@ def composed_step_on_rank(ctx, cfg, dp: int, ep: int, tp: int, tokens_per_rank: 
         for w in (layer.w_in, layer.w_out):  # expert-data-parallel: same shard, other data
             note("all_reduce", "dp", w.grad)
             dist.all_reduce(w.grad, group=mesh.groups["dp"])
+        sync()  # on a GPU the clock would otherwise stop when the last kernels are queued, not done
         trace.times["total"] = time.perf_counter() - t0
-    tensors = dict(y=y.detach(), x_grad=x.grad, router_grad=layer.router_w.grad,
-                   w_in_grad=layer.w_in.grad, w_out_grad=layer.w_out.grad, block=b,
+    # back to the parent as CPU tensors: a CUDA tensor in the reply would open a context on every
+    # GPU in the parent and leave it holding handles that dangle when the ranks stop
+    tensors = dict(y=y.detach().cpu(), x_grad=x.grad.cpu(), router_grad=layer.router_w.grad.cpu(),
+                   w_in_grad=layer.w_in.grad.cpu(), w_out_grad=layer.w_out.grad.cpu(), block=b,
                    coords=(mesh.dp_rank, mesh.ep_rank, mesh.tp_rank))
     return trace, tensors, log

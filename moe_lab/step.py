@@ -10,6 +10,7 @@ import time
 
 import torch
 
+from .device import synchronizer
 from .layer import MoELayer
 from .reference import moe_forward
 from .workload import init_shared_weights, init_weights, make_tokens, upstream_grad
@@ -50,11 +51,13 @@ def step_on_rank(ctx, cfg, tokens_per_rank: int, skew: float = 0.0, backward: bo
     with torch.set_grad_enabled(backward):  # a forward-only step records no autograd graph
         y, trace = layer(x)
     if backward:
+        sync = synchronizer(ctx.device)  # on a GPU backward's kernels run after Python returns
         t0 = time.perf_counter()
         g = _cached(ctx, ("grad", cfg.seed, cfg.d_model, P, N), lambda: upstream_grad(cfg, P, N))
         loss = (y * g[r * N : (r + 1) * N].to(ctx.device)).sum() + layer.aux_loss + layer.z_loss
         loss.backward()
         layer.sync_router_grads()
+        sync()
         trace.times["backward"] = time.perf_counter() - t0
         trace.times["total"] += trace.times["backward"]
     if not return_tensors:

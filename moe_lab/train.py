@@ -34,6 +34,7 @@ from .workload import init_weights
 
 BALANCE = ("none", "aux", "bias", "aux+bias")
 STARTS = ("collapsed", "random")
+_CPU = torch.device("cpu")
 NOISE = 1.0  # within-cluster spread of x: the part of y* an expert only learns if it sees one cluster
 SEPARATION = 4.0  # distance scale of the cluster centres
 COLLAPSE = 3.5  # how hard the collapsed router prefers expert 0 (its logit margin is 3.5 · |μ| = 10.5)
@@ -48,10 +49,10 @@ def task(cfg: MoEConfig, num_clusters: int | None = None):
     """The task's fixed parts from cfg.seed: μ [d], cluster centres [Q, d], targets T [Q, d, d]."""
     g = torch.Generator().manual_seed(cfg.seed + 100)
     d, Q = cfg.d_model, num_clusters or cfg.num_experts
-    mu = torch.randn(d, generator=g)
+    mu = torch.randn(d, generator=g, device=_CPU)  # seeded on the host, as in workload.py
     mu = 3.0 * mu / mu.norm()
-    centres = SEPARATION * torch.randn(Q, d, generator=g) / d**0.5
-    targets = torch.randn(Q, d, d, generator=g) / d**0.5
+    centres = SEPARATION * torch.randn(Q, d, generator=g, device=_CPU) / d**0.5
+    targets = torch.randn(Q, d, d, generator=g, device=_CPU) / d**0.5
     return mu, centres, targets
 
 
@@ -59,8 +60,8 @@ def batch(cfg: MoEConfig, parts, tokens: int, step: int, rank: int):
     """One rank's batch at one step: x [N, d] and target y* [N, d], seeded by (seed, step, rank)."""
     mu, centres, targets = parts
     g = torch.Generator().manual_seed((cfg.seed * 1_000_003 + step) * 4099 + rank)
-    c = torch.randint(0, centres.shape[0], (tokens,), generator=g)  # [N] cluster of each token
-    x = mu + centres[c] + NOISE * torch.randn(tokens, cfg.d_model, generator=g)
+    c = torch.randint(0, centres.shape[0], (tokens,), generator=g, device=_CPU)  # [N] cluster of each token
+    x = mu + centres[c] + NOISE * torch.randn(tokens, cfg.d_model, generator=g, device=_CPU)
     y_star = TARGET_SCALE * torch.einsum("nd,nde->ne", x - mu, targets[c])
     return x, y_star
 

@@ -2,13 +2,16 @@
 
 One function of (cfg.seed, world size, tokens per rank, skew) gives the same numbers in the
 parent (for the reference) and on every rank (for the distributed run), so no tensors need to
-travel to the ranks.
+travel to the ranks. Everything is drawn on the CPU (device="cpu", whatever torch's default
+device is): a CPU generator gives the same numbers everywhere; a rank moves its part to ctx.device.
 """
 from __future__ import annotations
 
 import torch
 
 from .config import MoEConfig, check_skew, check_tokens_per_rank, check_world_size
+
+_CPU = torch.device("cpu")
 
 
 def init_weights(cfg: MoEConfig):
@@ -20,10 +23,10 @@ def init_weights(cfg: MoEConfig):
     """
     g = torch.Generator().manual_seed(cfg.seed)
     d, m, E = cfg.d_model, cfg.granularity, cfg.num_experts
-    router_w = torch.randn(d, E // m, generator=g) / d**0.5  # the coarse config's router
+    router_w = torch.randn(d, E // m, generator=g, device=_CPU) / d**0.5  # the coarse config's router
     w_in, w_out = _ffn_weights(g, E // m, d, cfg.d_hidden * m, m)
     if m > 1:  # drawn after the experts, so they stay the coarse config's
-        router_w = torch.randn(d, E, generator=g) / d**0.5
+        router_w = torch.randn(d, E, generator=g, device=_CPU) / d**0.5
     return router_w, w_in, w_out
 
 
@@ -46,8 +49,8 @@ def _ffn_weights(g, E, d, h, m):
     """E experts of hidden h (w_in [E, d, h], w_out [E, h, d]), each cut into m pieces."""
     from .reference import split_experts
 
-    w_in = torch.randn(E, d, h, generator=g) / d**0.5
-    w_out = torch.randn(E, h, d, generator=g) / h**0.5
+    w_in = torch.randn(E, d, h, generator=g, device=_CPU) / d**0.5
+    w_out = torch.randn(E, h, d, generator=g, device=_CPU) / h**0.5
     return (w_in, w_out) if m == 1 else split_experts(w_in, w_out, m)
 
 
@@ -66,8 +69,8 @@ def make_tokens(cfg: MoEConfig, world_size: int, tokens_per_rank: int, skew: flo
         router_w = init_weights(cfg)[0]
     g = torch.Generator().manual_seed(cfg.seed + 1)
     T = world_size * tokens_per_rank
-    x = torch.randn(T, cfg.d_model, generator=g)
-    hot = torch.rand(T, generator=g) < skew  # [T]
+    x = torch.randn(T, cfg.d_model, generator=g, device=_CPU)
+    hot = torch.rand(T, generator=g, device=_CPU) < skew  # [T]
     if skew > 0:
         m = cfg.granularity  # fine-grained: push all m pieces of the original expert 0
         v = torch.linalg.pinv(router_w.T)[:, 0] if m == 1 else torch.linalg.pinv(router_w.T)[:, :m].sum(1)  # [d]
@@ -78,4 +81,4 @@ def make_tokens(cfg: MoEConfig, world_size: int, tokens_per_rank: int, skew: flo
 def upstream_grad(cfg: MoEConfig, world_size: int, tokens_per_rank: int):
     """A fixed dL/dy [W*N, d] so backward checks use the loss L = Σ y · dL/dy."""
     g = torch.Generator().manual_seed(cfg.seed + 2)
-    return torch.randn(world_size * tokens_per_rank, cfg.d_model, generator=g)
+    return torch.randn(world_size * tokens_per_rank, cfg.d_model, generator=g, device=_CPU)

@@ -13,8 +13,10 @@ def step_many(ctx, jobs):
 
 
 def bad_input_on_rank(ctx, cfg, kind: str):
-    """Feed the layer a wrong x (for showing the error a user gets): 'shape' or 'dtype'."""
+    """Feed the layer a wrong x (for showing the error a user gets): 'shape', 'dtype' or 'device'."""
     layer = MoELayer(cfg, ctx.group, ctx.device)
+    if kind == "device":  # not on the rank's device (on a GPU rank: tokens left on the CPU)
+        return layer(torch.zeros(4, cfg.d_model, device="meta"))
     x = torch.zeros(4, cfg.d_model + 1) if kind == "shape" else torch.zeros(4, cfg.d_model, dtype=torch.float64)
     return layer(x)
 
@@ -24,3 +26,17 @@ def prewarm_state(ctx):
     from moe_lab import prewarm
 
     return prewarm._thread, prewarm.should_prewarm()
+
+
+def collective_on_default_device(ctx):
+    """A rank function with the bug the device probe exists for: a tensor made without device=."""
+    import torch.distributed as dist
+
+    t = torch.ones(2)  # on the default device, not ctx.device
+    dist.all_reduce(t, group=ctx.group)
+    return float(t.sum().cpu())
+
+
+def returns_device_tensor(ctx):
+    """A result left on the rank's device (here: the default device) instead of the CPU."""
+    return {"y": torch.zeros(2)}

@@ -25,6 +25,42 @@ def test_torchrun_demo_matches_the_cluster_demo():
     assert via_torchrun.stdout == via_cluster.stdout
 
 
+def torchrun_cmd():
+    return shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads thread names from /proc")
+def test_torchrun_demo_leaves_no_gloo_thread_behind_its_process_group():
+    """The root of the SIGABRT-at-exit flake: a process group that destroy_process_group() cannot
+    free keeps gloo's native threads running into interpreter exit."""
+    args = ["--nproc-per-node", "2", "tests/torchrun_threads.py", "--tokens-per-rank", "32", "--backend", "gloo"]
+    out = run([torchrun_cmd(), *args])
+    assert out.returncode == 0, out.stderr
+    lines = [ln for ln in out.stderr.splitlines() if "threads after the demo" in ln]
+    assert len(lines) == 2, out.stderr
+    for ln in lines:
+        assert "gloo" not in ln, ln
+
+
 def test_demo_rejects_bad_config_before_starting_ranks():
     out = run([sys.executable, "-m", "moe_lab", "demo", "--world-size", "3", "--experts", "4"])
     assert out.returncode != 0 and "cannot be split evenly" in out.stderr
+
+
+def test_torchrun_nccl_needs_a_gpu_per_rank_on_the_node(monkeypatch):
+    """More torchrun processes on a node than GPUs: a clear error before any process group, not
+    CUDA's "invalid device ordinal" in the middle of a step."""
+    import torch
+
+    from moe_lab.cli_demo import torchrun_backend
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert torchrun_backend("nccl", 2) == "nccl"
+    assert torchrun_backend("auto", 2) == "nccl"
+    assert torchrun_backend("auto", 4) == "gloo"  # every rank of the node decides alike
+    with pytest.raises(ValueError, match="torchrun starts 4 rank.*has 2 GPU.*--nproc-per-node 2 or --backend gloo"):
+        torchrun_backend("nccl", 4)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(ValueError, match="this node has none"):
+        torchrun_backend("nccl", 1)
