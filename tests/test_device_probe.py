@@ -44,18 +44,19 @@ def ex6_modules(folder: Path) -> str:
 
 EX6 = ex6_modules(Path(tempfile.mkdtemp(prefix="moe_lab_ex6_probe_")))
 sys.path.insert(0, EX6)  # the parent imports ex6_ranks too, as the notebook's kernel does
-A2A, FA2A, AR = "distributed.all_to_all_single", "_functional_collectives.all_to_all_single_autograd", "distributed.all_reduce"
+# the layer's AlltoAll is a plain all_to_all_single inside its own autograd Function (dispatch.py)
+A2A, AR = "distributed.all_to_all_single", "distributed.all_reduce"
 
 CASES = [
     *(case(f"step {d} {'fwd+bwd' if b else 'fwd'}", step_on_rank, CFG.replace(dispatch=d), 16, 0.3, b, True,
-           expect=(FA2A,) + ((AR,) if b else ()))
+           expect=(A2A,) + ((AR,) if b else ()))
       for d in ("ragged", "padded") for b in (False, True)),
-    case("step dropless skew 1", step_on_rank, CFG.replace(capacity_factor=None), 16, 1.0, True, True, expect=(A2A, FA2A)),
-    case("step shared experts", step_on_rank, CFG.replace(num_shared=1), 16, 0.3, True, True, expect=(FA2A, AR)),
-    case("step fine-grained", step_on_rank, CFG.fine_grained(2), 16, 0.3, True, True, expect=(FA2A, AR)),
-    case("step expert choice", step_on_rank, CFG.replace(router="expert_choice"), 16, 0.3, True, True, expect=(FA2A, AR)),
+    case("step dropless skew 1", step_on_rank, CFG.replace(capacity_factor=None), 16, 1.0, True, True, expect=(A2A,)),
+    case("step shared experts", step_on_rank, CFG.replace(num_shared=1), 16, 0.3, True, True, expect=(A2A, AR)),
+    case("step fine-grained", step_on_rank, CFG.fine_grained(2), 16, 0.3, True, True, expect=(A2A, AR)),
+    case("step expert choice", step_on_rank, CFG.replace(router="expert_choice"), 16, 0.3, True, True, expect=(A2A, AR)),
     *(case(f"train {bal} steps 0-1", train_steps_on_rank, CFG, 16, bal, 0.01, 0.01, "collapsed", 0, 2,
-           expect=(FA2A, AR)) for bal in BALANCE),
+           expect=(A2A, AR)) for bal in BALANCE),
     *(case(f"mesh dp{dp} ep{ep} tp{tp}", composed_step_on_rank, CFG, dp, ep, tp, 8, 0.3, expect=(AR,))
       for dp, ep, tp in ((1, 2, 1), (1, 1, 2), (2, 1, 1))),
     *(case(f"faults.{f.__name__}", f, -1, expect=(A2A,))  # no rank is bad: every rank reaches the collective
