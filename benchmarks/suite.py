@@ -21,7 +21,8 @@ from pathlib import Path
 
 from .common import check, load_average, machine_info, record
 
-SECTIONS = ("startup", "interactivity", "floor", "ragged_vs_padded", "peer", "transport", "variants", "course")
+SECTIONS = ("startup", "interactivity", "floor", "ragged_vs_padded", "peer", "transport", "variants", "network",
+            "course")
 
 
 @dataclass
@@ -84,6 +85,7 @@ def section_course(bc) -> dict:
 
 def _sections():
     from .fairscale_peer import section_peer
+    from .network import section_network
     from .sections import section_floor, section_interactivity, section_ragged_vs_padded
     from .startup import section_startup
     from .transport import section_transport
@@ -91,7 +93,7 @@ def _sections():
 
     return dict(startup=section_startup, interactivity=section_interactivity, floor=section_floor,
                 ragged_vs_padded=section_ragged_vs_padded, peer=section_peer, transport=section_transport,
-                variants=section_variants, course=section_course)
+                variants=section_variants, network=section_network, course=section_course)
 
 
 def parse_sections(text: str | None) -> list:

@@ -5,11 +5,12 @@ it). On the way the meter
   * counts the messages and bytes this rank sends per link type (moe_lab.topology.classify),
     which become StepTrace.link_messages / link_bytes;
   * emulates the slow inter-node link when the config has one: the rank's one NIC is busy
-    latency + bytes / bandwidth per inter-node message, one message after another, so a
-    collective is not "done" before the NIC would have sent it. This is an EMULATION (a sleep):
-    the bytes really travel through shared memory at intra-node speed;
+    latency + bytes / bandwidth per inter-node message, one message after another, and the rank
+    waits that long on top of the real transfer, less whatever work it did while the message was in
+    flight. This is an EMULATION (a sleep): the bytes really travel through shared memory;
   * records a timeline: (phase, chunk, kind, start, end) with kind "compute", "comm" (a
-    collective in flight, issue to done) or "wait" (the rank blocked on one). perf_counter is
+    collective in flight, issue to done), "wait" (the rank blocked on one) or "span" (a named
+    communication phase of the layer, e.g. the whole dispatch). perf_counter is
     one system-wide clock on Linux, so ranks' timestamps line up.
 """
 from __future__ import annotations
@@ -17,12 +18,13 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.distributed import _functional_collectives as funcol
 
 from .comm import note
-from .topology import LINK_TYPES, classify
+from .topology import LINK_TYPES, LinkModel, classify
 
 
 class LinkMeter:
@@ -47,7 +49,7 @@ class LinkMeter:
         else:
             with self._timer(name):
                 yield
-        self.events.append((name, chunk, "compute" if name in ("router", "experts") else "comm", t, time.perf_counter()))
+        self.events.append((name, chunk, "compute" if name in ("router", "experts") else "span", t, time.perf_counter()))
 
     def start(self, x, out_splits=None, in_splits=None, name="all_to_all", chunk=None):
         """Issue an AlltoAll of x's rows (in_splits rows to each rank; None = equal). Returns a handle."""
@@ -71,12 +73,18 @@ class LinkMeter:
         return (y, ready, name, chunk, t0)
 
     def finish(self, handle):
-        """Wait for an issued AlltoAll (and for the emulated NIC); returns its output."""
+        """Wait for an issued AlltoAll, then for what is left of its emulated link time; returns its output.
+
+        The emulated time runs from the issue (after the NIC's earlier messages): whatever the rank
+        did meanwhile (the experts of another chunk) hides it; what is left when the rank starts
+        waiting is added after the real transfer (the emulated link is slower than the real one, so
+        its time comes on top).
+        """
         y, ready, name, chunk, t_issue = handle
         t_wait = time.perf_counter()
+        left = ready - t_wait  # emulated time not yet hidden behind other work
         if isinstance(y, funcol.AsyncCollectiveTensor):
             y = funcol.wait_tensor(y)
-        left = ready - time.perf_counter()
         if left > 0:
             time.sleep(left)  # EMULATED link time
         t_end = time.perf_counter()
@@ -98,3 +106,39 @@ class LinkMeter:
 
     def summary(self) -> dict:
         return dict(link_bytes=dict(self.bytes), link_messages=dict(self.messages), events=list(self.events))
+
+
+# ---- what the real (shared-memory) link does here: the yardstick the emulated link is scaled from ----
+def time_alltoall(ctx, rows_per_peer: int, d: int, reps: int) -> list:
+    """Rank function: seconds of `reps` bare equal-split AlltoAlls of rows_per_peer rows of d floats per peer."""
+    W = ctx.world_size
+    src = torch.ones(W * rows_per_peer, d)
+    dst = torch.empty_like(src)
+    out = []
+    for _ in range(reps):
+        dist.barrier(group=ctx.group)
+        t = time.perf_counter()
+        dist.all_to_all_single(dst, src, group=ctx.group)
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def measure_link(cluster, d: int = 64, rows_per_peer: int = 256, reps: int = 9):
+    """The ranks' own AlltoAll as a LinkModel: latency per message and bandwidth per rank.
+
+    A 1-row AlltoAll is all latency: t_small / (W − 1) per message. A big one adds the bytes:
+    (W − 1) · rows · d · 4 bytes in t_big − t_small. Medians over reps, max over ranks (noisy on a busy
+    machine; it is a yardstick, not a result).
+    """
+    W = cluster.world_size
+    small = np.median(np.max(cluster.run(time_alltoall, 1, d, reps), axis=0))
+    big = np.median(np.max(cluster.run(time_alltoall, rows_per_peer, d, reps), axis=0))
+    sent = (W - 1) * rows_per_peer * d * 4
+    latency = small / max(W - 1, 1)
+    bandwidth = sent / max(big - small, 1e-6)
+    return LinkModel(bandwidth_GBps=round(bandwidth / 1e9, 4), latency_us=round(latency * 1e6, 1))
+
+
+def slower(link, factor: float):
+    """A link `factor` times slower: latency × factor, bandwidth / factor."""
+    return LinkModel(bandwidth_GBps=link.bandwidth_GBps / factor, latency_us=link.latency_us * factor)

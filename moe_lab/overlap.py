@@ -71,3 +71,15 @@ def pipelined_exchange(x, used, slot, k, num_experts, local_experts, meter, chun
             out = out.index_copy(0, plans[i - 1][0], back)
     out = out.index_copy(0, plans[-1][0], meter.finish(combines[-1]))
     return out
+
+
+def hidden_share(trace) -> float:
+    """Share of the AlltoAlls' time in flight that the ranks spent doing something else.
+
+    From the ranks' timestamps: 1 − Σ waiting / Σ in flight over every collective of the step. Without
+    chunks a rank waits on each collective from issue to done (≈ 0 hidden); with chunks the experts of
+    one chunk run while other chunks travel.
+    """
+    flight = sum(e["end"] - e["start"] for e in trace.timeline if e["kind"] == "comm")
+    wait = sum(e["end"] - e["start"] for e in trace.timeline if e["kind"] == "wait")
+    return 1.0 - wait / flight if flight > 0 else 0.0

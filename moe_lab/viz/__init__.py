@@ -6,12 +6,14 @@ Nothing here starts a process or touches torch. One module per figure family:
     path      the chapter's Question: one token's trip to its experts' GPUs and back
     training  load balance over training steps
     cost      sparsity and scaling tables from moe_lab.cost
+    timeline  the network chapter: a per-rank timeline of a step, bytes and messages per link type
     style     the shared colours and labels
     variants  chapter 6: the routing variants side by side (load, experts per token)
 """
 from .cost import scaling_figure, sparsity_figure
 from .path import describe_token_path, token_path
 from .step import alltoall_buffers, dropped_tokens, per_gpu_load, stragglers, traffic_matrix
+from .timeline import link_traffic, timeline
 from .style import DROPPED_COLOR, KEPT_COLOR, PADDING_COLOR, PHASE_COLORS, expert_colors, gpu_label
 from .training import HISTORY_FIELDS, compare_runs, record_from_trace, training_curves
 from .variants import experts_per_token, variant_load
@@ -19,4 +21,4 @@ from .variants import experts_per_token, variant_load
 __all__ = ["alltoall_buffers", "traffic_matrix", "per_gpu_load", "dropped_tokens", "stragglers", "token_path",
            "describe_token_path", "training_curves", "compare_runs", "record_from_trace", "HISTORY_FIELDS",
            "sparsity_figure", "scaling_figure", "DROPPED_COLOR", "KEPT_COLOR", "PADDING_COLOR", "PHASE_COLORS",
-           "expert_colors", "gpu_label", "variant_load", "experts_per_token"]
+           "expert_colors", "gpu_label", "variant_load", "experts_per_token", "timeline", "link_traffic"]
