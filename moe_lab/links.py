@@ -66,6 +66,7 @@ class LinkMeter:
             y = funcol.all_to_all_single_autograd(x, out_splits, in_splits, self.group)
         else:
             y = funcol.all_to_all_single(x, out_splits, in_splits, self.group)
+        self.events.append((name, chunk, "wait", t0, time.perf_counter()))  # issuing blocks the rank too
         ready = t0
         if self.link is not None and msgs["inter"]:  # EMULATED: the NIC sends the inter-node messages in turn
             self._nic_free = max(t0, self._nic_free) + self.link.seconds(msgs["inter"])
@@ -123,16 +124,16 @@ def time_alltoall(ctx, rows_per_peer: int, d: int, reps: int) -> list:
     return out
 
 
-def measure_link(cluster, d: int = 64, rows_per_peer: int = 256, reps: int = 9):
+def measure_link(cluster, d: int = 64, rows_per_peer: int = 1024, reps: int = 9):
     """The ranks' own AlltoAll as a LinkModel: latency per message and bandwidth per rank.
 
     A 1-row AlltoAll is all latency: t_small / (W − 1) per message. A big one adds the bytes:
-    (W − 1) · rows · d · 4 bytes in t_big − t_small. Medians over reps, max over ranks (noisy on a busy
-    machine; it is a yardstick, not a result).
+    (W − 1) · rows · d · 4 bytes in t_big − t_small. Fastest of reps (what the link can do when the
+    machine lets it), max over ranks. A yardstick, not a result: it moves with the machine's load.
     """
     W = cluster.world_size
-    small = np.median(np.max(cluster.run(time_alltoall, 1, d, reps), axis=0))
-    big = np.median(np.max(cluster.run(time_alltoall, rows_per_peer, d, reps), axis=0))
+    small = np.min(np.max(cluster.run(time_alltoall, 1, d, reps), axis=0))
+    big = np.min(np.max(cluster.run(time_alltoall, rows_per_peer, d, reps), axis=0))
     sent = (W - 1) * rows_per_peer * d * 4
     latency = small / max(W - 1, 1)
     bandwidth = sent / max(big - small, 1e-6)

@@ -221,3 +221,66 @@ def test_emulated_link_makes_the_rank_wait_for_its_inter_node_messages(two_nodes
     for r in range(W):
         emulated = tr.link_messages["inter"][r] * link.latency_us * 1e-6 + tr.link_bytes["inter"][r] / (link.bandwidth_GBps * 1e9)
         assert tr.rank_time_s[r] >= emulated  # the step cannot beat its own NIC
+
+
+# ---- exercise 9: solution full, stub zero, a plausible mistake less than full --------------------
+WRONG_NODE_SCORE = '''
+def node_limited_experts(probs, k, max_nodes, nodes):
+    """A real misconception: score a node by its single best expert, not the sum of its top-(k/M)."""
+    N, E = probs.shape
+    node_score = probs.view(N, nodes, E // nodes).max(dim=-1).values  # [N, n]
+    keep = torch.sort(node_score, dim=-1, descending=True, stable=True).indices[:, :max_nodes]
+    allowed = torch.zeros(N, nodes, dtype=torch.bool).scatter_(1, keep, True).repeat_interleave(E // nodes, dim=1)
+    return torch.sort(probs.masked_fill(~allowed, float("-inf")), dim=-1, descending=True, stable=True).indices[:, :k]
+'''.strip()
+WRONG_HIER = '''
+def hierarchical_inter_messages(send_counts, nodes):
+    """A real misconception: one message per other node, whether or not anything is bound there."""
+    return torch.full((send_counts.shape[0],), nodes - 1, dtype=torch.long)
+'''.strip()
+CALLS_LIBRARY = '''
+def node_limited_experts(probs, k, max_nodes, nodes):
+    from moe_lab import MoEConfig
+    from moe_lab.node_limited import node_limit_bias
+    cfg = MoEConfig(num_experts=probs.shape[1], k=k, max_nodes=max_nodes)
+    return routing.top_k_gating(probs.log(), k, bias=node_limit_bias(probs.log(), cfg, nodes))[2]
+'''.strip()
+
+
+def test_exercise_9_grades_solution_full_stub_zero_and_mistakes_partially(tmp_path):
+    import nbformat
+
+    from moe_lab import grading
+    from moe_lab.grading import generate as gen
+
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    name = "ex9_network.ipynb"
+    source = nbformat.read(str(root / "solutions" / name), as_version=4)
+    stub = nbformat.read(str(root / "exercises" / name), as_version=4)
+
+    def answered(answers):
+        nb = nbformat.from_dict(__import__("copy").deepcopy(stub))
+        for cell in nb.cells:
+            if gen.grade_id(cell) in answers:
+                cell.source = answers[gen.grade_id(cell)]
+        return nb
+
+    solution = {gen.grade_id(c): "\n".join(line for line in c.source.splitlines()
+                                           if line.strip() not in (gen.BEGIN_SOLUTION, gen.END_SOLUTION))
+                for c in source.cells if gen.is_solution_cell(c)}
+    subs = {"solved": source, "stub": stub,
+            "wrong_score": answered({**solution, "ex9_node_limited_solution": WRONG_NODE_SCORE}),
+            "wrong_hier": answered({**solution, "ex9_hier_solution": WRONG_HIER}),
+            "library": answered({**solution, "ex9_node_limited_solution": CALLS_LIBRARY})}
+    for who, nb in subs.items():
+        (tmp_path / who).mkdir()
+        nbformat.write(nb, str(tmp_path / who / name))
+    results = {__import__("pathlib").Path(r.notebook).parent.name: r
+               for r in grading.grade([tmp_path], root / "solutions", cell_timeout=120, notebook_timeout=300, jobs=2)}
+    full = results["solved"].max_score
+    assert full == 9 and results["solved"].score == full
+    assert results["stub"].score == 0
+    parts = {w: {p.grade_id: p.points for p in results[w].parts} for w in results}
+    assert parts["wrong_score"] == {"ex9_node_limited": 0, "ex9_flat": 2, "ex9_hier": 3}
+    assert parts["wrong_hier"] == {"ex9_node_limited": 4, "ex9_flat": 2, "ex9_hier": 0}
+    assert parts["library"]["ex9_node_limited"] == 0  # calling the library earns nothing
