@@ -66,20 +66,20 @@ class LinkMeter:
             y = funcol.all_to_all_single_autograd(x, out_splits, in_splits, self.group)
         else:
             y = funcol.all_to_all_single(x, out_splits, in_splits, self.group)
-        self.events.append((name, chunk, "wait", t0, time.perf_counter()))  # issuing blocks the rank too
-        ready = t0
+        t_issued = time.perf_counter()
+        self.events.append((name, chunk, "wait", t0, t_issued))  # issuing blocks the rank too
+        ready = t_issued
         if self.link is not None and msgs["inter"]:  # EMULATED: the NIC sends the inter-node messages in turn
-            self._nic_free = max(t0, self._nic_free) + self.link.seconds(msgs["inter"])
+            self._nic_free = max(t_issued, self._nic_free) + self.link.seconds(msgs["inter"])
             ready = self._nic_free
         return (y, ready, name, chunk, t0)
 
     def finish(self, handle):
         """Wait for an issued AlltoAll, then for what is left of its emulated link time; returns its output.
 
-        The emulated time runs from the issue (after the NIC's earlier messages): whatever the rank
-        did meanwhile (the experts of another chunk) hides it; what is left when the rank starts
-        waiting is added after the real transfer (the emulated link is slower than the real one, so
-        its time comes on top).
+        The emulated time runs from the moment the collective is issued (after the NIC's earlier
+        messages): whatever the rank does meanwhile (the experts of another chunk) hides it; what is
+        left when the rank starts waiting comes on top of the real transfer.
         """
         y, ready, name, chunk, t_issue = handle
         t_wait = time.perf_counter()
