@@ -35,6 +35,7 @@ class LinkMeter:
         self.W, self.rank = dist.get_world_size(group), dist.get_rank(group)
         self.bytes = {t: 0 for t in LINK_TYPES}
         self.messages = {t: 0 for t in LINK_TYPES}
+        self.per_collective: dict[str, dict] = {}  # name -> {"intra": [messages, bytes], "inter": [...]}
         self.events: list[tuple] = []  # (phase, chunk, kind, t_start, t_end)
         self._timer = timer
         self._nic_free = 0.0  # when this rank's emulated NIC has sent everything queued so far
@@ -57,9 +58,12 @@ class LinkMeter:
         rows = in_splits if in_splits is not None else [x.shape[0] // W] * W
         row_bytes = x.element_size() * (x[0].numel() if x.shape[0] else int(torch.tensor(x.shape[1:]).prod()))
         msgs = classify(self.rank, [r * row_bytes for r in rows], W, self.nodes)
+        mine = self.per_collective.setdefault(name, {t: [0, 0] for t in LINK_TYPES})
         for t in LINK_TYPES:
             self.bytes[t] += sum(msgs[t])
             self.messages[t] += len(msgs[t])
+            mine[t][0] += len(msgs[t])
+            mine[t][1] += sum(msgs[t])
         note(name, "ep", x)
         t0 = time.perf_counter()
         if x.requires_grad:
@@ -106,7 +110,8 @@ class LinkMeter:
         return self.a2a(counts, None, None, name="all_to_all (counts)").view(self.W, -1)
 
     def summary(self) -> dict:
-        return dict(link_bytes=dict(self.bytes), link_messages=dict(self.messages), events=list(self.events))
+        return dict(link_bytes=dict(self.bytes), link_messages=dict(self.messages), events=list(self.events),
+                    per_collective={k: {t: list(v) for t, v in d.items()} for k, d in self.per_collective.items()})
 
 
 # ---- what the real (shared-memory) link does here: the yardstick the emulated link is scaled from ----

@@ -92,21 +92,26 @@ def classify(src: int, chunk_bytes, world_size: int, nodes: int) -> dict:
 
 
 def merge_links(nets: list[dict]):
-    """The ranks' link records (rank order) -> (link_bytes, link_messages, timeline).
+    """The ranks' link records (rank order) -> (link_bytes, link_messages, per_collective, timeline).
 
     link_bytes / link_messages: {"intra": [W], "inter": [W]} what each rank sent over the step's
-    EP AlltoAlls; timeline: one dict per event (rank, phase, chunk, kind, start, end), times in
-    seconds from the earliest event of any rank.
+    EP AlltoAlls; per_collective: {collective: {"intra_messages": [W], "intra_bytes": [W], "inter_...": [W]}};
+    timeline: one dict per event (rank, phase, chunk, kind, start, end), times in seconds from the
+    earliest event of any rank.
     """
     W = len(nets)
     link_bytes = {t: [0] * W for t in LINK_TYPES}
     link_messages = {t: [0] * W for t in LINK_TYPES}
-    events = []
+    events, per_collective = [], {}
     for r, net in enumerate(nets):
+        for name, d in net.get("per_collective", {}).items():
+            c = per_collective.setdefault(name, {f"{t}_{w}": [0] * W for t in LINK_TYPES for w in ("messages", "bytes")})
+            for t in LINK_TYPES:
+                c[f"{t}_messages"][r], c[f"{t}_bytes"][r] = d[t]
         for t in LINK_TYPES:
             link_bytes[t][r] = net.get("link_bytes", {}).get(t, 0)
             link_messages[t][r] = net.get("link_messages", {}).get(t, 0)
         events += [(r, *e) for e in net.get("events", [])]
     t0 = min((e[4] for e in events), default=0.0)
     timeline = [dict(rank=r, phase=p, chunk=c, kind=k, start=s - t0, end=e - t0) for r, p, c, k, s, e in events]
-    return link_bytes, link_messages, timeline
+    return link_bytes, link_messages, per_collective, timeline

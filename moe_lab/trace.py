@@ -110,6 +110,7 @@ class StepTrace:
     nodes: int = 1
     link_bytes: dict = field(default_factory=dict)
     link_messages: dict = field(default_factory=dict)
+    link_per_collective: dict = field(default_factory=dict)  # collective -> {"inter_messages": [P], ...}
     timeline: list = field(default_factory=list)  # dicts: rank, phase, chunk, kind, start, end (s)
 
     experts = property(lambda self: self.chosen, doc="deprecated alias of `chosen`")
@@ -131,7 +132,7 @@ class StepTrace:
         S = p0.buffer_slots
         send_rows, recv_rows = buffer_rows(kept_se, S)
         row_bytes = p0.d_model * p0.elem_bytes
-        link_bytes, link_messages, timeline = merge_links([p.net for p in parts])
+        link_bytes, link_messages, per_collective, timeline = merge_links([p.net for p in parts])
         return cls(
             world_size=P, num_experts=E, k=p0.k, tokens_per_rank=p0.used.shape[0], d_model=p0.d_model,
             dispatch=p0.dispatch, capacity=p0.capacity, buffer_slots=S,
@@ -148,9 +149,10 @@ class StepTrace:
             gates=np.stack([p.gates for p in parts]),
             router=p0.router, num_shared=p0.num_shared, granularity=p0.granularity,
             experts_per_token=(used >= 0).sum(-1),
-            nodes=p0.net.get("nodes", 1),
+            nodes=p0.net.get("nodes", 1), extra=dict(inter_node=p0.net.get("inter_node")),
             link_bytes={t: np.array(v) for t, v in link_bytes.items()},
             link_messages={t: np.array(v) for t, v in link_messages.items()},
+            link_per_collective={c: {k: np.array(v) for k, v in d.items()} for c, d in per_collective.items()},
             timeline=timeline,
         )
 

@@ -191,6 +191,11 @@ def test_hierarchical_sends_fewer_inter_node_messages_and_the_same_inter_node_by
     assert hier.link_messages["inter"].max() <= 3
     assert hier.link_messages["inter"].sum() < flat.link_messages["inter"].sum()
     assert hier.link_bytes["inter"].sum() == flat.link_bytes["inter"].sum()
+    # per collective: only the inter-node stages cross nodes, one message per rank at most
+    for name, c in hier.link_per_collective.items():
+        assert c["inter_messages"].max() <= (1 if "stage 2" in name else 0), name
+    per = flat.link_per_collective
+    assert sum(c["inter_bytes"].sum() for c in per.values()) == flat.link_bytes["inter"].sum()
 
 
 def test_node_limited_m1_sends_each_token_to_one_node(two_nodes):
@@ -284,3 +289,17 @@ def test_exercise_9_grades_solution_full_stub_zero_and_mistakes_partially(tmp_pa
     assert parts["wrong_score"] == {"ex9_node_limited": 0, "ex9_flat": 2, "ex9_hier": 3}
     assert parts["wrong_hier"] == {"ex9_node_limited": 4, "ex9_flat": 2, "ex9_hier": 0}
     assert parts["library"]["ex9_node_limited"] == 0  # calling the library earns nothing
+
+
+def test_timeline_and_link_figures_are_drawn_from_the_trace(two_nodes):
+    from moe_lab.viz import link_traffic, timeline
+
+    W, runs = two_nodes
+    fig = timeline(runs["chunks=4 M=1 emulated link"]["trace"])
+    names = {t.name for t in fig.data}
+    assert {"experts", "waiting on a collective", "dispatch in flight", "combine in flight"} <= names
+    assert "emulated" in fig.layout.title.text
+    assert sorted({int(y) for t in fig.data for y in t.y}) == list(range(W))
+    bars = link_traffic({n: runs[n]["trace"] for n in ("flat", "hierarchical")})
+    inter_msgs = next(t for t in bars.data if t.name == "inter-node" and t.xaxis == "x2")
+    assert list(inter_msgs.y) == [runs[n]["trace"].link_messages["inter"].sum() for n in ("flat", "hierarchical")]

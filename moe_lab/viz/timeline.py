@@ -50,8 +50,8 @@ def timeline(trace, title: str = "") -> go.Figure:
                              opacity=0.55 if in_flight else 1.0,
                              hovertemplate="%{text} %{base:.2f}–%{x:.2f} ms<extra>" + key + "</extra>"))
     W = trace.world_size
-    link = getattr(trace.extra.get("cfg"), "inter_node", None)
-    label = f" — {link}" if link is not None else ""
+    link = trace.extra.get("inter_node")
+    label = f" — {link}" if link is not None else " — real links only (no emulated link)"
     fig.update_layout(barmode="overlay", height=120 + 38 * W, bargap=0.1,
                       title=(title or "Timeline of one step, per rank (timestamps taken on the ranks)") + label,
                       xaxis_title="time since the first rank started the step (ms)",
