@@ -27,12 +27,16 @@ SLOWER = 10.0
 
 
 def _config(W, **kw) -> MoEConfig:
-    return MoEConfig(num_experts=W, k=2, capacity_factor=None, **kw)  # dropless: every copy travels
+    """Top-2, dropless (every copy travels); one expert per rank, or two when a node has one rank
+    (node-limited M = 1 needs k = 2 experts on a node)."""
+    E = W if W // NODES >= 2 else 2 * W
+    return MoEConfig(num_experts=E, k=2, capacity_factor=None, **kw)
 
 
 def _verify(cluster, cfg, N) -> dict:
     from moe_lab.step import reference_step, step_on_rank
 
+    cfg.check_nodes(cluster.world_size, cluster.nodes)  # bad input: a ValueError here, not on the ranks
     parts = cluster.run(step_on_rank, cfg, N, 0.0, False, True)
     y_ref, _, _ = reference_step(cfg, cluster.world_size, N, False, nodes=cluster.nodes)
     return check({"y": rel_err(torch.cat([t["y"] for _, t in parts]), y_ref)})
