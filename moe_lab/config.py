@@ -155,6 +155,9 @@ class MoEConfig:
         if M is not None:
             if not _is_int(M) or M < 1:
                 raise ValueError(f"max_nodes={M!r}: must be a whole number >= 1, or None for no limit")
+            if self.router != "top_k":
+                raise ValueError(f"max_nodes={M} limits the nodes a token chooses; router={self.router!r} has the "
+                                 "experts choose, so use router='top_k' or max_nodes=None")
             if self.k % M:
                 raise ValueError(f"k={self.k} is not divisible by max_nodes={M}: each of the M nodes "
                                  f"contributes its top-(k/M) experts to the node score; choose M dividing k")
