@@ -23,6 +23,7 @@ from pathlib import Path
 from .common import check, load_average, machine_info, record
 
 SECTIONS = ("startup", "interactivity", "lab", "floor", "ragged_vs_padded", "peer", "titan", "transport", "variants",
+            "network",
             "course")
 
 
@@ -87,6 +88,7 @@ def section_course(bc) -> dict:
 def _sections():
     from .fairscale_peer import section_peer
     from .lab import section_lab
+    from .network import section_network
     from .sections import section_floor, section_interactivity, section_ragged_vs_padded
     from .startup import section_startup
     from .titan_peer import section_titan
@@ -96,7 +98,8 @@ def _sections():
     return dict(startup=section_startup, interactivity=section_interactivity, lab=section_lab,
                 floor=section_floor,
                 ragged_vs_padded=section_ragged_vs_padded, peer=section_peer, titan=section_titan,
-                transport=section_transport, variants=section_variants, course=section_course)
+                transport=section_transport, variants=section_variants, network=section_network,
+                course=section_course)
 
 
 def parse_sections(text: str | None) -> list:

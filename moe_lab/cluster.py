@@ -27,7 +27,7 @@ from datetime import timedelta
 from multiprocessing.connection import wait
 
 from . import wire
-from .config import check_world_size
+from .config import check_nodes, check_world_size
 from .paths import usable_cores
 from .prewarm import PRELOAD as _PRELOAD  # noqa: F401 - the forkserver's preload (kept importable here)
 from .prewarm import forkserver_context
@@ -68,6 +68,7 @@ class RankContext:
     backend: str
     device: object
     group: object = None  # the default (world) process group
+    nodes: int = 1  # the ranks are split over this many (emulated) nodes: rank r on node r // (W / nodes)
     _state: dict = field(default_factory=dict, repr=False)
 
     def state(self, owner: str) -> dict:
@@ -114,17 +115,18 @@ class Cluster:
 
     world_size  ranks (processes); backend 'auto' | 'gloo' | 'nccl'; timeout (s) for a call and
     for the process group's collectives; threads per rank (default: cores // ranks, at least 1,
-    so ranks don't oversubscribe the cores).
+    so ranks don't oversubscribe the cores); nodes: the ranks form this many nodes of W / nodes
+    ranks each (chapter 7; on one machine the node boundary is a label the traces count by).
     """
 
     def __init__(self, world_size: int = 8, backend: str = "auto", timeout: float = 30.0,
-                 threads: int | None = None, start: bool = True):
-        check_world_size(world_size)
+                 threads: int | None = None, start: bool = True, nodes: int = 1):
+        check_nodes(world_size, nodes)
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
             raise ValueError(f"timeout={timeout!r}: must be a number of seconds > 0")
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise ValueError(f"threads={threads!r}: must be a whole number >= 1 or None")
-        self.world_size, self.timeout = world_size, float(timeout)
+        self.world_size, self.timeout, self.nodes = world_size, float(timeout), nodes
         self.backend = pick_backend(world_size, backend)
         self.threads = threads or max(1, usable_cores() // world_size)
         self._procs, self._conns, self._dirs = [], [], []  # shared with the finalizer: mutate in place
@@ -161,7 +163,7 @@ class Cluster:
             parent_end, child_end = ctx.Pipe()
             p = ctx.Process(target=_worker, name=f"moe_lab-rank{rank}", daemon=True,
                             args=(rank, self.world_size, self.backend, init, self.timeout, self.threads,
-                                  child_end, os.getpid(), here))
+                                  child_end, os.getpid(), here, self.nodes))
             p.start()
             child_end.close()
             self._procs.append(p)
@@ -224,7 +226,9 @@ class Cluster:
         from .trace import StepTrace
 
         cfg.check_world(self.world_size)
+        cfg.check_nodes(self.world_size, self.nodes)
         check_tokens_per_rank(tokens_per_rank)
+        cfg.check_chunks(tokens_per_rank)
         check_skew(skew)
         t0 = time.perf_counter()
         trace = StepTrace.merge(self.run(step_on_rank, cfg, tokens_per_rank, skew, bool(backward)))
@@ -370,7 +374,7 @@ def _watch_parent(parent_pid: int, ppid: int) -> None:
             os._exit(3)
 
 
-def _worker(rank, world_size, backend, init_file, timeout, threads, conn, parent_pid, here=None):
+def _worker(rank, world_size, backend, init_file, timeout, threads, conn, parent_pid, here=None, nodes=1):
     import torch
     import torch.distributed as dist
 
@@ -391,7 +395,7 @@ def _worker(rank, world_size, backend, init_file, timeout, threads, conn, parent
     except BaseException:  # noqa: BLE001 - report everything to the parent
         conn.send((0, False, traceback.format_exc()))
         return
-    ctx = RankContext(rank, world_size, backend, device, dist.group.WORLD)
+    ctx = RankContext(rank, world_size, backend, device, dist.group.WORLD, nodes)
     conn.send((0, True, None))
     while True:
         try:

@@ -9,10 +9,13 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, replace
 
+from .topology import LinkModel
+
 POLICIES = ("drop", "overflow")
 PRIORITIES = ("position", "score")
 DISPATCHES = ("ragged", "padded")
 ROUTERS = ("top_k", "expert_choice")
+ALLTOALLS = ("flat", "hierarchical")
 
 
 def _is_int(v) -> bool:
@@ -44,6 +47,12 @@ class MoEConfig:
                       (DeepSeekMoE, arXiv 2401.06066).
     granularity (m)   how many pieces each expert was cut into; set by `fine_grained(m)`, which also
                       multiplies E, k and S by m and divides d_hidden by m.
+    -- the network (chapter 7; moe_lab.topology) --
+    alltoall          "flat": one AlltoAll over all ranks; "hierarchical": inside the node, then
+                      across nodes between same-local-rank peers (moe_lab.hierarchical).
+    max_nodes (M)     node-limited routing: each token's k experts lie on at most M nodes (None = no limit).
+    chunks (c)        split the rank's tokens into c chunks and pipeline dispatch / experts / combine.
+    inter_node        an *emulated* slow inter-node link, topology.LinkModel (None = links as they are).
     """
 
     num_experts: int = 8
@@ -62,6 +71,10 @@ class MoEConfig:
     router: str = "top_k"
     num_shared: int = 0
     granularity: int = 1
+    alltoall: str = "flat"
+    max_nodes: int | None = None
+    chunks: int = 1
+    inter_node: LinkModel | None = None
 
     def __post_init__(self):
         E = self.num_experts
@@ -94,6 +107,7 @@ class MoEConfig:
         if not _is_int(self.seed):
             raise ValueError(f"seed={self.seed!r}: must be a whole number")
         self._check_variants()
+        self._check_network()
 
     def _check_variants(self) -> None:
         """Routing variants (chapter 6): router, shared experts, granularity."""
@@ -132,6 +146,47 @@ class MoEConfig:
         return replace(self, num_experts=self.num_experts * m, k=self.k * m, d_hidden=self.d_hidden // m,
                        num_shared=self.num_shared * m, granularity=self.granularity * m)
 
+
+    def _check_network(self) -> None:
+        """The chapter-7 settings that need no world size (see check_nodes for the rest)."""
+        if self.alltoall not in ALLTOALLS:
+            raise ValueError(f"alltoall={self.alltoall!r}: choose one of {ALLTOALLS}")
+        M = self.max_nodes
+        if M is not None:
+            if not _is_int(M) or M < 1:
+                raise ValueError(f"max_nodes={M!r}: must be a whole number >= 1, or None for no limit")
+            if self.router != "top_k":
+                raise ValueError(f"max_nodes={M} limits the nodes a token chooses; router={self.router!r} has the "
+                                 "experts choose, so use router='top_k' or max_nodes=None")
+            if self.k % M:
+                raise ValueError(f"k={self.k} is not divisible by max_nodes={M}: each of the M nodes "
+                                 f"contributes its top-(k/M) experts to the node score; choose M dividing k")
+        if not _is_int(self.chunks) or self.chunks < 1:
+            raise ValueError(f"chunks={self.chunks!r}: must be a whole number >= 1 (1 = no pipelining)")
+        if self.chunks > 1 and self.dispatch != "ragged":
+            raise ValueError(f"chunks={self.chunks} pipelines the ragged dispatch; use dispatch='ragged' or chunks=1")
+        if self.chunks > 1 and self.alltoall != "flat":
+            raise ValueError(f"chunks={self.chunks} pipelines the flat AlltoAll; use alltoall='flat' or chunks=1")
+        if self.inter_node is not None and not isinstance(self.inter_node, LinkModel):
+            raise ValueError(f"inter_node={self.inter_node!r}: must be a LinkModel(bandwidth_GBps, latency_us) or None")
+
+    def check_nodes(self, world_size: int, nodes: int) -> None:
+        """Settings that depend on the cluster's shape: nodes divide the ranks, M <= nodes."""
+        check_nodes(world_size, nodes)
+        if self.max_nodes is not None and self.max_nodes > nodes:
+            raise ValueError(f"max_nodes={self.max_nodes} but the cluster has only nodes={nodes}; "
+                             f"choose 1 <= max_nodes <= {nodes}")
+        if self.num_experts % nodes:
+            raise ValueError(f"num_experts={self.num_experts} cannot be split evenly over nodes={nodes}")
+        if self.max_nodes is not None and self.k // self.max_nodes > self.num_experts // nodes:
+            raise ValueError(f"k/max_nodes={self.k // self.max_nodes} experts per node but a node holds only "
+                             f"{self.num_experts // nodes}; raise max_nodes or lower k")
+
+    def check_chunks(self, tokens_per_rank: int) -> None:
+        if self.chunks > tokens_per_rank:
+            raise ValueError(f"chunks={self.chunks} but only tokens_per_rank={tokens_per_rank}: "
+                             f"every chunk needs a token; choose chunks <= {tokens_per_rank}")
+
     def check_world(self, world_size: int) -> None:
         """Experts are split evenly over ranks: E must be a multiple of the world size."""
         check_world_size(world_size)
@@ -155,6 +210,14 @@ class MoEConfig:
 def check_world_size(world_size) -> None:
     if not _is_int(world_size) or world_size < 1:
         raise ValueError(f"world_size={world_size!r}: must be a whole number >= 1")
+
+
+def check_nodes(world_size, nodes) -> None:
+    """Ranks are split evenly over nodes: rank r is on node r // (W / nodes)."""
+    check_world_size(world_size)
+    if not _is_int(nodes) or nodes < 1 or world_size % nodes:
+        raise ValueError(f"nodes={nodes!r} does not divide world_size={world_size}: every node holds "
+                         f"the same number of ranks; choose a divisor of {world_size}")
 
 
 def check_tokens_per_rank(n) -> None:

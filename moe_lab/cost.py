@@ -52,6 +52,18 @@ def alltoall_time_parts(tokens_per_gpu, d_model, k, P, hw: Hardware = Hardware()
     return dict(bandwidth=max(b["intra"] / hw.intra_bw, b["inter"] / hw.inter_bw), latency=messages * hw.latency)
 
 
+def inter_node_time(tokens_per_gpu, d_model, k, P, gpus_per_node, bandwidth, latency, hierarchical=False,
+                    bytes_per_elem: int = 2) -> float:
+    """Seconds one GPU's NIC spends on one AlltoAll's inter-node messages, sent one after another.
+
+    messages · latency + inter-node bytes / bandwidth, balanced routing. Flat: one message to each
+    of the P − G GPUs on other nodes; hierarchical: one per other node (P / G − 1), the same bytes.
+    """
+    b = alltoall_bytes(tokens_per_gpu, d_model, k, P, gpus_per_node, bytes_per_elem)["inter"]
+    messages = (P // gpus_per_node - 1) if hierarchical else max(P - gpus_per_node, 0)
+    return messages * latency + b / bandwidth
+
+
 def alltoall_time(tokens_per_gpu, d_model, k, P, hw: Hardware = Hardware(), bytes_per_elem: int = 2) -> float:
     """Seconds for one dispatch (or combine) AlltoAll on one GPU: bandwidth term + latency term."""
     return sum(alltoall_time_parts(tokens_per_gpu, d_model, k, P, hw, bytes_per_elem).values())

@@ -47,11 +47,16 @@ class _AllToAll(torch.autograd.Function):
         return _all_to_all(grad, in_splits, out_splits, ctx.group), None, None, None
 
 
-def _a2a(x, out_splits, in_splits, group):
-    note("all_to_all", "ep", x)
+def all_to_all(x, out_splits, in_splits, group):
+    """The layer's AlltoAll: differentiable when x needs a gradient, a bare collective otherwise."""
     if torch.is_grad_enabled() and x.requires_grad:
         return _AllToAll.apply(x, out_splits, in_splits, group)
     return _all_to_all(x, out_splits, in_splits, group)
+
+
+def _a2a(x, out_splits, in_splits, group):
+    note("all_to_all", "ep", x)
+    return all_to_all(x, out_splits, in_splits, group)
 
 
 def send_order(used: torch.Tensor, slot: torch.Tensor, num_experts: int):
@@ -84,38 +89,44 @@ def exchange_counts(counts: torch.Tensor, group) -> torch.Tensor:
     return recv.view(P, -1)
 
 
-def ragged_exchange(x, order, counts, recv_counts, k, local_experts, group, timer):
+def ragged_exchange(x, order, counts, recv_counts, k, local_experts, group, timer, a2a=_a2a):
     """Dispatch the kept rows, run the local experts, combine back. Returns [S, d] in send order.
 
     x [N, d]; order [S]; counts [E] sent per expert; recv_counts [P, m] received per
     (source, local expert); local_experts(e, rows) runs local expert e on rows [T, d].
+    `a2a(x, out_splits, in_splits, group)` is the AlltoAll (flat by default; moe_lab.hierarchical
+    and moe_lab.links provide others with the same signature).
     """
     P, m = recv_counts.shape
     send_splits = counts.view(P, m).sum(1).tolist()  # rows to each destination rank
     recv_splits = recv_counts.sum(1).tolist()  # rows from each source rank
     with timer("dispatch"):
-        recv = _a2a(x[order // k], recv_splits, send_splits, group)  # [R, d] source-major
+        recv = a2a(x[order // k], recv_splits, send_splits, group)  # [R, d] source-major
     with timer("experts"):
-        # NOTE (layout): received rows are source-major, experts want theirs together.
-        # P = 2, m = 2, recv_counts = [[2, 3], [1, 4]] (rows [r0e0, r0e1, r1e0, r1e1]):
-        #   received  [r0e0 r0e0 | r0e1 r0e1 r0e1 | r1e0 | r1e1 r1e1 r1e1 r1e1]   (source-major)
-        #   grouped   [r0e0 r0e0 r1e0 | r0e1 r0e1 r0e1 r1e1 r1e1 r1e1 r1e1]        (expert-major)
-        # a stable sort by local expert id does it; argsort(perm) puts outputs back before combine.
-        sizes = recv_counts.sum(0).tolist()  # [m] rows per local expert
-        if m > 1:
-            local_id = torch.arange(m, device=x.device).repeat(P).repeat_interleave(recv_counts.reshape(-1))
-            perm = torch.sort(local_id, stable=True).indices
-            grouped = recv[perm].split(sizes)
-        else:
-            grouped = [recv]
-        out = torch.cat([local_experts(e, rows) for e, rows in enumerate(grouped)])
-        if m > 1:
-            out = out[torch.argsort(perm)]
+        out = run_local_experts(recv, recv_counts, local_experts)
     with timer("combine"):
-        return _a2a(out, send_splits, recv_splits, group)  # [S, d] back in send order
+        return a2a(out, send_splits, recv_splits, group)  # [S, d] back in send order
 
 
-def padded_exchange(x, order, counts, S, k, local_experts, group, timer):
+def run_local_experts(recv, recv_counts, local_experts):
+    """recv [R, d] source-major, recv_counts [P, m] -> expert outputs [R, d] in the same rows."""
+    P, m = recv_counts.shape
+    # NOTE (layout): received rows are source-major, experts want theirs together.
+    # P = 2, m = 2, recv_counts = [[2, 3], [1, 4]] (rows [r0e0, r0e1, r1e0, r1e1]):
+    #   received  [r0e0 r0e0 | r0e1 r0e1 r0e1 | r1e0 | r1e1 r1e1 r1e1 r1e1]   (source-major)
+    #   grouped   [r0e0 r0e0 r1e0 | r0e1 r0e1 r0e1 r1e1 r1e1 r1e1 r1e1]        (expert-major)
+    # a stable sort by local expert id does it; argsort(perm) puts outputs back before combine.
+    if m == 1:
+        return local_experts(0, recv)
+    sizes = recv_counts.sum(0).tolist()  # [m] rows per local expert
+    local_id = torch.arange(m, device=recv.device).repeat(P).repeat_interleave(recv_counts.reshape(-1))
+    perm = torch.sort(local_id, stable=True).indices
+    grouped = recv[perm].split(sizes)
+    out = torch.cat([local_experts(e, rows) for e, rows in enumerate(grouped)])
+    return out[torch.argsort(perm)]
+
+
+def padded_exchange(x, order, counts, S, k, local_experts, group, timer, a2a=_a2a):
     """The same trip with fixed [E, S, d] buffers and equal splits. Returns [sum(counts), d].
 
     NOTE (layout): row of an assignment in the send buffer = expert * S + slot (slots < S by
@@ -130,11 +141,11 @@ def padded_exchange(x, order, counts, S, k, local_experts, group, timer):
     pos = expert_of_row * S + (torch.arange(order.numel(), device=x.device) - first[expert_of_row])
     with timer("dispatch"):
         send = x.new_zeros(E * S, d).index_copy(0, pos, x[order // k])  # [E*S, d], zeros = padding
-        recv = _a2a(send, None, None, group).view(P, m, S, d)  # [source, local expert, slot, d]
+        recv = a2a(send, None, None, group).view(P, m, S, d)  # [source, local expert, slot, d]
     with timer("experts"):
         out = torch.stack([local_experts(e, recv[:, e].reshape(P * S, d)).view(P, S, d) for e in range(m)], dim=1)
     with timer("combine"):
-        back = _a2a(out.reshape(P * m * S, d), None, None, group)  # [E*S, d] in send layout
+        back = a2a(out.reshape(P * m * S, d), None, None, group)  # [E*S, d] in send layout
     return back[pos]
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
+from functools import partial
 
 import torch
 import torch.distributed as dist
@@ -17,8 +18,11 @@ from . import routing
 from .comm import note
 from .config import MoEConfig
 from .device import synchronizer
-from .dispatch import exchange_counts, make_local_experts, padded_exchange, ragged_exchange, send_order
+from .dispatch import make_local_experts, padded_exchange, ragged_exchange, send_order
 from .expert_choice import route_fn
+from .hierarchical import HierarchicalAlltoAll
+from .links import LinkMeter
+from .overlap import pipelined_exchange
 from .experts import tp_shard
 from .shared_experts import SharedExperts, check_shared
 from .trace import RankTrace
@@ -34,12 +38,14 @@ class MoELayer(nn.Module):
     gradient of every rank's tokens).
     """
 
-    def __init__(self, cfg: MoEConfig, group=None, device=None, tp_group=None, router_group=None):
+    def __init__(self, cfg: MoEConfig, group=None, device=None, tp_group=None, router_group=None, nodes: int = 1):
         super().__init__()
         if not dist.is_initialized():
             raise RuntimeError("MoELayer needs torch.distributed: run it inside Cluster.run or torchrun")
         self.cfg, self.group = cfg, group if group is not None else dist.group.WORLD
         self.P, self.rank = dist.get_world_size(self.group), dist.get_rank(self.group)
+        cfg.check_nodes(self.P, nodes)
+        self.nodes = nodes  # the EP group's ranks split over `nodes` nodes (moe_lab.topology)
         # optional tensor parallelism inside each expert (moe_lab.mesh): hidden dim split over TP
         self.tp_group = tp_group
         self.tp_size = dist.get_world_size(tp_group) if tp_group is not None else 1
@@ -94,27 +100,36 @@ class MoELayer(nn.Module):
         if x.device != self.router_w.device:
             raise ValueError(f"x is on {x.device} but this rank's layer is on {self.router_w.device}; "
                              f"move the tokens first: layer(x.to(ctx.device))")
+        cfg.check_chunks(x.shape[0])
         times, timer = _timer(x.device)
+        meter = LinkMeter(self.group, self.nodes, cfg.inter_node, timer)  # counts links, emulates, timestamps
         sync = synchronizer(x.device)
         sync()
         t0 = time.perf_counter()
         N, E, k = x.shape[0], cfg.num_experts, cfg.k
-        with timer("router"):
+        with meter.phase("router"):
             bias = self.select_bias if self.select_bias.any() else None
-            r = route_fn(cfg)(x, self.router_w, cfg, bias)  # gates, chosen, used, slot: [N, k] ([N, E]: expert choice)
+            route = route_fn(cfg) if cfg.max_nodes is None else partial(routing.route_block, nodes=self.nodes)
+            r = route(x, self.router_w, cfg, bias)  # gates, chosen, used, slot: [N, k] ([N, E]: expert choice)
             k = r["used"].shape[1]
             order, counts = send_order(r["used"], r["slot"], E)  # [S], [E]
         local_experts = make_local_experts(self.w_in, self.w_out, self.tp_group)
-        if cfg.dispatch == "ragged":
-            with timer("count_exchange"):
-                recv_counts = exchange_counts(counts, self.group)  # [P, m]
-            back = ragged_exchange(x, order, counts, recv_counts, k, local_experts, self.group, timer)
-            S = None
+        S = None
+        if cfg.chunks > 1:  # chapter 7: pipelined chunks (moe_lab.overlap)
+            out = pipelined_exchange(x, r["used"], r["slot"], k, E, local_experts, meter, cfg.chunks)  # [N*k, d]
+            for name, s in meter.waited.items():
+                times[name] = times.get(name, 0.0) + s
         else:
-            S = r["capacity"] if r["capacity"] is not None else N  # dropless padded: room for all N
-            back = padded_exchange(x, order, counts, S, k, local_experts, self.group, timer)
-        # put each returned row back at its (token, choice) and sum with the gates
-        out = x.new_zeros(N * k, x.shape[1]).index_copy(0, order, back)  # [N*k, d]
+            net = HierarchicalAlltoAll(meter, self.nodes) if cfg.alltoall == "hierarchical" else meter
+            if cfg.dispatch == "ragged":
+                with meter.phase("count_exchange"):
+                    recv_counts = net.exchange_counts(counts)  # [P, m]
+                back = ragged_exchange(x, order, counts, recv_counts, k, local_experts, self.group, meter.phase, net.a2a)
+            else:
+                S = r["capacity"] if r["capacity"] is not None else N  # dropless padded: room for all N
+                back = padded_exchange(x, order, counts, S, k, local_experts, self.group, meter.phase, net.a2a)
+            # put each returned row back at its (token, choice)
+            out = x.new_zeros(N * k, x.shape[1]).index_copy(0, order, back)  # [N*k, d]
         y = routing.combine_weighted(r["gates"], r["used"], out.view(N, k, -1))  # [N, d]
         if self.shared is not None:
             with timer("shared"):
@@ -130,6 +145,7 @@ class MoELayer(nn.Module):
             buffer_slots=S, elem_bytes=x.element_size(), times=times,
             aux_loss=float(r["aux_loss"].detach()), z_loss=float(r["z_loss"].detach()),
             router=cfg.router, num_shared=cfg.num_shared, granularity=cfg.granularity,
+            net=dict(meter.summary(), nodes=self.nodes, inter_node=cfg.inter_node),
         )
         return y, trace
 

@@ -7,6 +7,8 @@ y = Σ_{i ∈ top-k} g_i · E_i(x), the chapter's equation (Shazeer et al. 2017,
 """
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 
 from . import routing
@@ -17,7 +19,7 @@ from .routing import route_block  # noqa: F401  (kept importable here for one re
 from .shared_experts import check_shared, shared_ffn
 
 
-def moe_forward(x, router_w, w_in, w_out, cfg: MoEConfig, world_size: int = 1, bias=None, shared=None):
+def moe_forward(x, router_w, w_in, w_out, cfg: MoEConfig, world_size: int = 1, bias=None, shared=None, nodes: int = 1):
     """y [W*N, d] for x [W*N, d], routed per block of N rows exactly as W ranks would.
 
     router_w [d, E], w_in [E, d, h], w_out [E, h, d]. Returns (y, info) where info holds the
@@ -30,8 +32,11 @@ def moe_forward(x, router_w, w_in, w_out, cfg: MoEConfig, world_size: int = 1, b
     experts to every token; with cfg.router="expert_choice" the tables are [W*N, E] (column e =
     expert e, -1 where e did not pick the token); `experts_per_token` [W*N] says how many routed
     experts served each token (0 = none).
+    Network (chapter 7): `nodes`, the cluster's node count, for node-limited routing (cfg.max_nodes);
+    the other network settings (alltoall, chunks, inter_node) change how rows travel, not the result.
     """
     cfg.check_world(world_size)
+    cfg.check_nodes(world_size, nodes)
     if x.dim() != 2 or x.shape[1] != cfg.d_model:
         raise ValueError(f"x must be [W*N, d_model={cfg.d_model}], got shape {tuple(x.shape)}")
     if x.shape[0] % world_size:
@@ -40,7 +45,8 @@ def moe_forward(x, router_w, w_in, w_out, cfg: MoEConfig, world_size: int = 1, b
     E = cfg.num_experts
     ys, blocks = [], []
     for xb in x.chunk(world_size) if x.shape[0] else [x]:
-        r = route_fn(cfg)(xb, router_w, cfg, bias)
+        route = route_fn(cfg) if cfg.max_nodes is None else partial(routing.route_block, nodes=nodes)
+        r = route(xb, router_w, cfg, bias)
         N, k = xb.shape[0], r["used"].shape[1]  # k choices, or E columns with expert choice
         flat = r["used"].reshape(-1)  # [N*k] expert used by assignment t*k+j, -1 dropped
         out = xb.new_zeros(N * k, xb.shape[1])  # [N*k, d]

@@ -18,6 +18,7 @@ import math
 import torch
 
 from .config import POLICIES, PRIORITIES
+from .node_limited import node_limit_bias
 
 
 def top_k_gating(logits: torch.Tensor, k: int, normalize: bool = True, bias: torch.Tensor | None = None):
@@ -188,15 +189,18 @@ def combine_weighted(gates, used, expert_out) -> torch.Tensor:
     return (gates.to(expert_out.dtype).unsqueeze(-1) * kept * expert_out).sum(dim=1)  # [N, d]
 
 
-def route_block(x, router_w, cfg, bias=None) -> dict:
+def route_block(x, router_w, cfg, bias=None, nodes: int = 1) -> dict:
     """Routing of one rank's N tokens, as the layer and the reference both do it.
 
     Returns a dict of logits [N, E], probs [N, E], gates [N, k], chosen [N, k] (the experts each
     token chose), used [N, k] and slot [N, k] (after capacity; -1 = dropped), capacity, aux_loss,
     z_loss. The old keys "experts" (= chosen) and "expert" (= used) are kept for one release.
+    With cfg.max_nodes, `nodes` is the cluster's node count (node-limited routing, moe_lab.node_limited).
     """
     N, E = x.shape[0], cfg.num_experts
     logits = x @ router_w  # [N, E]
+    if cfg.max_nodes is not None:
+        bias = node_limit_bias(logits, cfg, nodes, bias)  # [N, E], -inf outside the token's M nodes
     probs, gates, chosen = top_k_gating(logits, cfg.k, cfg.normalize_gates, bias)
     C = capacity(N, E, cfg.capacity_factor, cfg.k)
     used, slot = assign_slots(probs, chosen, C, cfg.policy, cfg.priority)

@@ -40,8 +40,9 @@ def step_on_rank(ctx, cfg, tokens_per_rank: int, skew: float = 0.0, backward: bo
                       lambda: init_weights(cfg))
     shared = _cached(ctx, ("shared", cfg.seed, cfg.d_model, cfg.d_hidden, cfg.num_shared, cfg.granularity),
                      lambda: init_shared_weights(cfg))
-    layer = _cached(ctx, ("layer", cfg, P),
-                    lambda: MoELayer(cfg, ctx.group, ctx.device).load_global_weights(*weights, shared=shared))
+    nodes = getattr(ctx, "nodes", 1)
+    layer = _cached(ctx, ("layer", cfg, P, nodes),
+                    lambda: MoELayer(cfg, ctx.group, ctx.device, nodes=nodes).load_global_weights(*weights, shared=shared))
     x_all = _cached(ctx, ("tokens", cfg.seed, cfg.d_model, cfg.num_experts, cfg.granularity, P, N, skew),
                     lambda: make_tokens(cfg, P, N, skew, weights[0]))
     x = x_all[r * N : (r + 1) * N].to(ctx.device)  # [N, d] this rank's tokens
@@ -82,7 +83,7 @@ def gather_tensors(parts) -> dict:
             (None if parts[0][1][name] is None else torch.cat([t[name] for _, t in parts])) for name in names}
 
 
-def reference_step(cfg, world_size: int, tokens_per_rank: int, backward: bool, skew: float = 0.0):
+def reference_step(cfg, world_size: int, tokens_per_rank: int, backward: bool, skew: float = 0.0, nodes: int = 1):
     """The single-process run of what `step_on_rank` does on every rank: (y, grads, info).
 
     Loss (for backward) = Σ y · dL/dy + Σ aux + Σ z over the W blocks, which is what the ranks
@@ -98,7 +99,7 @@ def reference_step(cfg, world_size: int, tokens_per_rank: int, backward: bool, s
         shared = None if shared is None else [w.clone().requires_grad_() for w in shared]
         x = x.clone().requires_grad_()
     with torch.set_grad_enabled(backward):
-        y, info = moe_forward(x, *weights, cfg, world_size=world_size, shared=shared)
+        y, info = moe_forward(x, *weights, cfg, world_size=world_size, shared=shared, nodes=nodes)
         grads = {}
         if backward:
             loss = (y * upstream_grad(cfg, world_size, tokens_per_rank)).sum() + info["aux_loss"].sum() + info["z_loss"].sum()

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .topology import merge_links
+
 PHASES = ("router", "count_exchange", "dispatch", "experts", "combine")
 
 
@@ -63,6 +65,7 @@ class RankTrace:
     router: str = "top_k"
     num_shared: int = 0
     granularity: int = 1
+    net: dict = field(default_factory=dict)  # links.LinkMeter.summary(): link bytes/messages, timeline events
 
     experts = property(lambda self: self.chosen, doc="deprecated alias of `chosen`")
     expert = property(lambda self: self.used, doc="deprecated alias of `used`")
@@ -102,6 +105,13 @@ class StepTrace:
     num_shared: int = 0  # shared experts applied to every token on its own rank (no bytes moved)
     granularity: int = 1  # pieces per original expert (fine-grained experts)
     experts_per_token: np.ndarray | None = None  # [P, N] routed experts that served each token (0 = none)
+    # chapter 7 (moe_lab.topology): what each rank sent over the forward's EP AlltoAlls, count exchange
+    # included, per link type {"intra": [P], "inter": [P]}; and the ranks' timestamped phases
+    nodes: int = 1
+    link_bytes: dict = field(default_factory=dict)
+    link_messages: dict = field(default_factory=dict)
+    link_per_collective: dict = field(default_factory=dict)  # collective -> {"inter_messages": [P], ...}
+    timeline: list = field(default_factory=list)  # dicts: rank, phase, chunk, kind, start, end (s)
 
     experts = property(lambda self: self.chosen, doc="deprecated alias of `chosen`")
     expert = property(lambda self: self.used, doc="deprecated alias of `used`")
@@ -122,6 +132,7 @@ class StepTrace:
         S = p0.buffer_slots
         send_rows, recv_rows = buffer_rows(kept_se, S)
         row_bytes = p0.d_model * p0.elem_bytes
+        link_bytes, link_messages, per_collective, timeline = merge_links([p.net for p in parts])
         return cls(
             world_size=P, num_experts=E, k=p0.k, tokens_per_rank=p0.used.shape[0], d_model=p0.d_model,
             dispatch=p0.dispatch, capacity=p0.capacity, buffer_slots=S,
@@ -138,6 +149,11 @@ class StepTrace:
             gates=np.stack([p.gates for p in parts]),
             router=p0.router, num_shared=p0.num_shared, granularity=p0.granularity,
             experts_per_token=(used >= 0).sum(-1),
+            nodes=p0.net.get("nodes", 1), extra=dict(inter_node=p0.net.get("inter_node")),
+            link_bytes={t: np.array(v) for t, v in link_bytes.items()},
+            link_messages={t: np.array(v) for t, v in link_messages.items()},
+            link_per_collective={c: {k: np.array(v) for k, v in d.items()} for c, d in per_collective.items()},
+            timeline=timeline,
         )
 
     # ---- derived views -------------------------------------------------------------------
