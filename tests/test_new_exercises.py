@@ -31,8 +31,8 @@ def dispatch_bytes(tokens_per_gpu, d_model, k, P, gpus_per_node, bytes_per_elem)
 
 # ex10: the crossover with the dispatch only (the combine AlltoAll forgotten).
 DISPATCH_ONLY = '''
-def crossover_gpus(tokens_per_gpu, d_model, d_hidden, k, flops_per_s, hw, candidates):
-    compute = tokens_per_gpu * k * 4 * d_model * d_hidden / flops_per_s
+def crossover_gpus(tokens_per_gpu, d_model, d_hidden, k, hw, candidates):
+    compute = tokens_per_gpu * k * 4 * d_model * d_hidden / hw.flops
     payload = tokens_per_gpu * k * d_model * 2
     for P in candidates:
         intra = payload * (min(P, hw.gpus_per_node) - 1) / P
