@@ -1,6 +1,6 @@
-"""Exercises 10-12 are graded by what the answers do: each solution earns every point, each untouched
+"""Exercises 10-13 are graded by what the answers do: each solution earns every point, each untouched
 stub none, and an answer built on a real misconception less than full. One `grade` call grades all of
-them (two at a time); exercises 11 and 12 start a 4-rank Cluster in the graded kernel."""
+them (two at a time); exercises 11-13 start a 4-rank Cluster in the graded kernel."""
 from __future__ import annotations
 
 import contextlib
@@ -19,6 +19,7 @@ NEW = {  # exercise -> its maximum score
     "ex10_predict_the_numbers.ipynb": 7,
     "ex11_bias_balancing.ipynb": 6,
     "ex12_find_the_bug.ipynb": 5,
+    "ex13_predict_the_alltoall.ipynb": 5,
 }
 
 # ex10: a GPU's bytes "on the wire" counted as its whole payload, forgetting that the copies bound for
@@ -94,6 +95,19 @@ def combine_rows(back, used, slot, num_experts):
 '''.strip()
 
 
+# ex13: experts placed round-robin (expert e on rank e % P) instead of in consecutive blocks.
+ROUND_ROBIN = '''
+def send_counts(used, world_size, num_experts):
+    P, N = world_size, used.shape[0] // world_size
+    out = torch.zeros(P, P, dtype=torch.long)
+    for row in range(used.shape[0]):
+        for e in used[row].tolist():
+            if e >= 0:
+                out[row // N, e % P] += 1
+    return out
+'''.strip()
+
+
 def answer(name: str, gid: str) -> str:
     """The source's answer for one cell, markers removed: what a student who solved it would submit."""
     cell = next(c for c in gen.read_notebook(REPO / "solutions" / name).cells if gen.grade_id(c) == gid)
@@ -111,8 +125,11 @@ def submission(name: str, answers: dict) -> nbformat.NotebookNode:
 
 
 def subs() -> dict:
-    ex10, ex11, ex12 = NEW
+    ex10, ex11, ex12, ex13 = NEW
     return {
+        ("solved", ex13): gen.read_notebook(REPO / "solutions" / ex13),
+        ("untouched", ex13): gen.read_notebook(REPO / "exercises" / ex13),
+        ("round_robin", ex13): submission(ex13, {"ex13_send_counts_solution": ROUND_ROBIN}),
         ("solved", ex10): gen.read_notebook(REPO / "solutions" / ex10),
         ("solved", ex11): gen.read_notebook(REPO / "solutions" / ex11),
         ("solved", ex12): gen.read_notebook(REPO / "solutions" / ex12),
@@ -184,6 +201,11 @@ def test_ex12_sorting_by_slot_alone_is_still_wrong_on_the_ranks(rows):
 def test_ex12_calling_the_library_layout_earns_nothing(rows):
     r = rows["borrowed", "ex12_find_the_bug.ipynb"]
     assert float(r["score"]) == 0, r
+
+
+def test_ex13_round_robin_placement_predicts_the_wrong_matrix(rows):
+    r = rows["round_robin", "ex13_predict_the_alltoall.ipynb"]
+    assert (float(r["ex13_by_hand"]), float(r["ex13_on_ranks"])) == (0, 0), r
 
 
 @pytest.mark.parametrize("name", NEW)
