@@ -33,12 +33,12 @@ def dispatch_bytes(tokens_per_gpu, d_model, k, P, gpus_per_node, bytes_per_elem)
 # ex10: the crossover with the dispatch only (the combine AlltoAll forgotten).
 DISPATCH_ONLY = '''
 def crossover_gpus(tokens_per_gpu, d_model, d_hidden, k, hw, candidates):
-    compute = tokens_per_gpu * k * 4 * d_model * d_hidden / hw.flops
+    compute = tokens_per_gpu * k * 4 * d_model * d_hidden / hw["flops"]
     payload = tokens_per_gpu * k * d_model * 2
     for P in candidates:
-        intra = payload * (min(P, hw.gpus_per_node) - 1) / P
-        inter = payload * max(P - hw.gpus_per_node, 0) / P
-        if max(intra / hw.intra_bw, inter / hw.inter_bw) + (P - 1) * hw.latency > compute:
+        intra = payload * (min(P, hw["gpus_per_node"]) - 1) / P
+        inter = payload * max(P - hw["gpus_per_node"], 0) / P
+        if max(intra / hw["intra_bw"], inter / hw["inter_bw"]) + (P - 1) * hw["latency"] > compute:
             return P
     return None
 '''.strip()
