@@ -374,3 +374,16 @@ def test_the_playground_has_no_cosmetic_alpha_control(pg):
     assert "aux_alpha" not in pg.sliders
     notes = [c.value for box in pg.widget.children[0].children for c in box.children if isinstance(c, w.HTML)]
     assert any("BalancingLab" in n for n in notes)
+
+
+def test_copy_figure_grows_new_subplot_axes():
+    """A redraw that adds a panel (the lab's figures start empty) creates its axes instead of failing."""
+    from plotly.subplots import make_subplots
+
+    target = go.FigureWidget(go.Bar(y=[1, 2]))
+    two = make_subplots(rows=1, cols=2)
+    two.add_bar(y=[1, 2], row=1, col=1)
+    two.add_bar(y=[3, 4], row=1, col=2)
+    copy_figure(target, two)
+    assert target.layout.xaxis2.domain == two.layout.xaxis2.domain and len(target.data) == 2
+    assert list(target.data[1].y) == [3, 4]

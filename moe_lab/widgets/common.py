@@ -50,6 +50,11 @@ def copy_figure(target: go.FigureWidget, fig: go.Figure) -> None:
                     restyle.setdefault(key, [Undefined] * n)[i] = new.get(key)
     relayout = {key: fig._layout.get(key) for key in (target._layout.keys() | fig._layout.keys()) - {"template"}
                 if not _same(target._layout.get(key), fig._layout.get(key))}
+    # a subplot axis the target has never had (xaxis2, …) cannot be relaid out: plotly must create it
+    new_axes = {k: relayout.pop(k) for k in list(relayout)
+                if k not in target._layout and target.layout._subplot_re_match(k)}
+    if new_axes:
+        target.layout.update(new_axes)
     if not restyle and not relayout:
         return
     indexes = list(range(n))
