@@ -82,6 +82,7 @@ class Kernel:
             env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root) if root else "", env.get("PYTHONPATH", "")) if p)
             env["HOME"] = env["TMPDIR"] = str(self.scratch)
             env["IPYTHONDIR"] = str(self.scratch / ".ipython")
+            env["MOE_LAB_PREWARM"] = "0"  # as in the sandbox: no background forkserver per graded kernel
         self.km = km
         km.start_kernel(cwd=str(self.scratch), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                         start_new_session=True)

@@ -80,7 +80,9 @@ def box_argv(command: list[str], scratch: str, sockets: str, limits: Limits) -> 
              "--setenv", "PATH", f"{os.path.dirname(sys.executable)}:/usr/bin:/bin",
              "--setenv", "PYTHONPATH", PACKAGE_MOUNT, "--setenv", "IPYTHONDIR", f"{SCRATCH}/.ipython",
              "--setenv", "MPLCONFIGDIR", f"{SCRATCH}/.mpl", "--setenv", "OMP_WAIT_POLICY", "PASSIVE",
-             "--setenv", "PYTHONDONTWRITEBYTECODE", "1", "--setenv", "PYDEVD_DISABLE_FILE_VALIDATION", "1", "--",
+             "--setenv", "PYTHONDONTWRITEBYTECODE", "1", "--setenv", "PYDEVD_DISABLE_FILE_VALIDATION", "1",
+             # no background forkserver per graded kernel: a Cluster the notebook makes starts its own
+             "--setenv", "MOE_LAB_PREWARM", "0", "--",
              "prlimit", f"--as={limits.memory_bytes}", f"--nproc={limits.processes}",
              f"--fsize={limits.file_bytes}", f"--cpu={limits.cpu_seconds}", "--core=0", "--"]
     return argv + list(command)
