@@ -771,9 +771,10 @@ def controls_of(root) -> list[tuple[str, str, object]]:
                            ("checkbox", ".widget-checkbox")):
         for i in range(root.locator(selector).count()):
             control = root.locator(selector).nth(i)
-            label = (control.locator(".widget-label").first.text_content() or "").strip()
+            # ipywidgets puts a zero-width space in a checkbox's (hidden) description label
+            label = (control.locator(".widget-label").first.text_content() or "").strip().strip("\u200b")
             if kind == "checkbox":
-                label = label or (control.text_content() or "").strip()
+                label = label or (control.text_content() or "").strip().strip("\u200b").strip()
             found.append((kind, label, control))
     return found
 
