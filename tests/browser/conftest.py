@@ -674,8 +674,13 @@ def error_outputs(page) -> list[str]:
     ]
 
 
+# jupyterlab-manager logs this when a view asks for a widget whose model a later run of its cell
+# closed (the lab replaces its FigureWidgets' old views); the page itself is fine
+_BENIGN = ("Error: widget model not found",)
+
+
 def assert_no_browser_errors(page) -> None:
-    errors = page.moe_errors
+    errors = [e for e in page.moe_errors if not any(b in e for b in _BENIGN)]
     page.moe_checked = len(errors)
     assert not errors, "errors in the browser:\n" + "\n".join(errors)
 

@@ -32,7 +32,7 @@ pytestmark = pytest.mark.browser
 # One slider move runs one real step on 8 ranks; the first one after the chapter's closing
 # `cluster.close()` also starts the ranks again. Generous on a busy 2-core machine.
 STEP_TIMEOUT_S = 120
-DRAW_TIMEOUT_S = 60
+DRAW_TIMEOUT_S = 180  # a busy 2-core machine draws a FigureWidget late
 PLAYGROUND_FIGURES = ("buffers", "traffic", "load", "dropped", "priority")
 
 
