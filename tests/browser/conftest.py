@@ -680,8 +680,8 @@ _BENIGN = ("Error: widget model not found",)
 
 
 def assert_no_browser_errors(page) -> None:
+    page.moe_checked = len(page.moe_errors)
     errors = [e for e in page.moe_errors if not any(b in e for b in _BENIGN)]
-    page.moe_checked = len(errors)
     assert not errors, "errors in the browser:\n" + "\n".join(errors)
 
 
