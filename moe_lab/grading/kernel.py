@@ -179,16 +179,8 @@ class Kernel:
                 self.kc.stop_channels()
         except Exception:
             pass
-        try:
-            if self.km is not None and self.km.has_kernel:
-                self.km.shutdown_kernel(now=True)
-        except Exception:
-            pass
-        if self._pgid and self._pgid != os.getpgrp():
-            try:
-                os.killpg(self._pgid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+        if self.km is not None:
+            self._stop()  # shuts the kernel down if it still runs, then kills its whole process group
         shutil.rmtree(self.root, ignore_errors=True)
 
     def __enter__(self):
