@@ -770,6 +770,19 @@ def wait_until_redrawn(page, root, before: str, what: str, timeout_s: float = 12
                                  + (" (still running)" if busy else ""))
 
 
+def drag_slider_to_minimum(page, slider) -> None:
+    """Drag a slider's handle with the mouse past the left end of its track, as a student would."""
+    handle, track = slider.locator(".noUi-handle"), slider.locator(".noUi-target")
+    handle.scroll_into_view_if_needed()
+    hb, tb = handle.bounding_box(), track.bounding_box()
+    x0, y0 = hb["x"] + hb["width"] / 2, hb["y"] + hb["height"] / 2
+    page.mouse.move(x0, y0)
+    page.mouse.down()
+    page.mouse.move(x0 - 5, y0, steps=3)
+    page.mouse.move(tb["x"] - 40, y0, steps=10)
+    page.mouse.up()
+
+
 def controls_of(root) -> list[tuple[str, str, object]]:
     """(kind, label, locator) of every slider, dropdown and checkbox inside `root`, in page order."""
     found = []

@@ -16,6 +16,7 @@ from .conftest import (
     RESULTS,
     _result_name,
     assert_figures_fit,
+    drag_slider_to_minimum,
     assert_no_browser_errors,
     controls_of,
     error_outputs,
@@ -326,15 +327,7 @@ def test_load_balancing_playground(page, lab_server):
                                arg=cf_slider.element_handle(), timeout=DRAW_TIMEOUT_S * 1000)
 
         def drag_to_minimum(loc):
-            handle, track = loc.locator(".noUi-handle"), loc.locator(".noUi-target")
-            handle.scroll_into_view_if_needed()
-            hb, tb = handle.bounding_box(), track.bounding_box()
-            x0, y0 = hb["x"] + hb["width"] / 2, hb["y"] + hb["height"] / 2
-            page.mouse.move(x0, y0)
-            page.mouse.down()
-            page.mouse.move(x0 - 5, y0, steps=3)
-            page.mouse.move(tb["x"] - 40, y0, steps=10)
-            page.mouse.up()
+            drag_slider_to_minimum(page, loc)
             return "dragged to the left end"
 
         act("capacity factor", drag_to_minimum)

@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-from .conftest import assert_no_browser_errors, error_outputs, kernel_eval, open_notebook, run_all
+from .conftest import (assert_no_browser_errors, drag_slider_to_minimum, error_outputs, kernel_eval,
+                       open_notebook, run_all)
 from .test_chapters import LOAD_BALANCING, poll, shoot
 
 pytestmark = pytest.mark.browser
@@ -136,15 +137,7 @@ def test_dragging_alpha_moves_the_load_from_collapsed_to_balanced(page, lab_serv
         assert start["busiest"] <= 1.3, start  # the chapter left it at the default α: balanced
 
         # drag α's handle past the left end: α = 0, no balancing, the router stays collapsed
-        handle, track = alpha.locator(".noUi-handle"), alpha.locator(".noUi-target")
-        handle.scroll_into_view_if_needed()
-        hb, tb = handle.bounding_box(), track.bounding_box()
-        x0, y0 = hb["x"] + hb["width"] / 2, hb["y"] + hb["height"] / 2
-        page.mouse.move(x0, y0)
-        page.mouse.down()
-        page.mouse.move(x0 - 5, y0, steps=3)
-        page.mouse.move(tb["x"] - 40, y0, steps=10)
-        page.mouse.up()
+        drag_slider_to_minimum(page, alpha)
         collapsed, shown = settle(page, lambda k: k["alpha"] == 0.0, "alpha dragged to 0")
         assert collapsed["busiest"] >= 2.0, collapsed
         assert sum(shown["bars"]) < sum(start["bars"]), (start, shown)  # copies dropped at the full GPU
