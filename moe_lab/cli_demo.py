@@ -2,7 +2,7 @@
 
 Two ways to get ranks, the same layer and the same numbers:
   python -m moe_lab demo --world-size 8                  # Cluster: ranks started by this process
-  torchrun --nproc-per-node 4 -m moe_lab demo            # torchrun: env:// init, across nodes too
+  torchrun --standalone --nproc-per-node 4 -m moe_lab demo   # torchrun: env:// init, across nodes too
 """
 from __future__ import annotations
 
