@@ -73,13 +73,11 @@ def _torchrun_step(cfg, args):
     from datetime import timedelta
 
     import torch.distributed as dist
-    # Imported before the process group exists: torch._dynamo (which the first functional collective
-    # would import) keeps references to the process groups alive at import time, and then
-    # destroy_process_group() cannot free the group: gloo's native threads (gloo_tcp_loop,
-    # pt_gloo_runloop) would outlive it into interpreter exit and abort the rank ("terminate called
-    # without an active exception") when a peer closes its sockets first.
-    import torch._dynamo  # noqa: F401
-    import torch.distributed._functional_collectives  # noqa: F401
+    # torch._dynamo is never imported here (the layer uses plain collectives, moe_lab.dispatch): imported
+    # after the process group exists, it keeps references to the group alive, destroy_process_group()
+    # cannot free it, and gloo's native threads (gloo_tcp_loop, pt_gloo_runloop) outlive it into
+    # interpreter exit, aborting the rank when a peer closes its sockets first
+    # (tests/test_demo.py::test_torchrun_demo_leaves_no_gloo_thread_behind_its_process_group).
 
     from .cluster import RankContext
     from .device import rank_device

@@ -24,12 +24,14 @@ from .comm import note
 from .experts import expert_ffn, tp_expert_ffn
 
 
-def _all_to_all(x, out_splits, in_splits, group):
-    """One all_to_all_single: x [sum(in_splits), d] -> [sum(out_splits), d] (None = equal splits)."""
+def _all_to_all(x, out_splits, in_splits, group, async_op=False):
+    """One all_to_all_single: x [sum(in_splits), d] -> [sum(out_splits), d] (None = equal splits).
+
+    async_op: return (y, work) at once; y holds the rows only after work.wait()."""
     rows = x.shape[0] if out_splits is None else sum(out_splits)
     y = x.new_empty((rows, *x.shape[1:]))
-    dist.all_to_all_single(y, x.contiguous(), out_splits, in_splits, group=group)
-    return y
+    work = dist.all_to_all_single(y, x.contiguous(), out_splits, in_splits, group=group, async_op=async_op)
+    return (y, work) if async_op else y
 
 
 class _AllToAll(torch.autograd.Function):
@@ -52,6 +54,36 @@ def all_to_all(x, out_splits, in_splits, group):
     if torch.is_grad_enabled() and x.requires_grad:
         return _AllToAll.apply(x, out_splits, in_splits, group)
     return _all_to_all(x, out_splits, in_splits, group)
+
+
+class _AllToAllAsync(torch.autograd.Function):
+    """The same AlltoAll issued without waiting (the chunked pipeline overlaps it with experts).
+
+    forward returns y at once, its rows still in flight; the caller waits on the work handle
+    (put in `box`) before reading y. backward is the blocking AlltoAll back, as for _AllToAll."""
+
+    @staticmethod
+    def forward(ctx, x, out_splits, in_splits, group, box):
+        ctx.splits, ctx.group = (out_splits, in_splits), group
+        y, box["work"] = _all_to_all(x, out_splits, in_splits, group, async_op=True)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        out_splits, in_splits = ctx.splits
+        note("all_to_all (backward)", "ep", grad)
+        return _all_to_all(grad, in_splits, out_splits, ctx.group), None, None, None, None
+
+
+def all_to_all_async(x, out_splits, in_splits, group):
+    """Issue the AlltoAll and return (y, work) at once: read y only after work.wait().
+    Differentiable like all_to_all (plain torch.distributed: no functional collectives, whose
+    first call imports torch's compiler on every rank, 1.6 s each)."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        box = {}
+        y = _AllToAllAsync.apply(x, out_splits, in_splits, group, box)
+        return y, box["work"]
+    return _all_to_all(x, out_splits, in_splits, group, async_op=True)
 
 
 def _a2a(x, out_splits, in_splits, group):

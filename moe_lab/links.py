@@ -21,10 +21,10 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.distributed import _functional_collectives as funcol
 
 from .comm import note
 from .dispatch import all_to_all as plain_all_to_all
+from .dispatch import all_to_all_async
 from .topology import LINK_TYPES, LinkModel, classify
 
 
@@ -56,8 +56,8 @@ class LinkMeter:
     def start(self, x, out_splits=None, in_splits=None, name="all_to_all", chunk=None, blocking=False):
         """Issue an AlltoAll of x's rows (in_splits rows to each rank; None = equal). Returns a handle.
 
-        blocking: the plain collective the layer uses when nothing overlaps it (moe_lab.dispatch),
-        cheaper than the asynchronous functional one the chunked pipeline needs."""
+        blocking: wait for it here (the layer, when nothing overlaps the AlltoAll); otherwise it is
+        issued asynchronously and `finish` waits (the chunked pipeline). Both are moe_lab.dispatch's."""
         W = self.W
         rows = in_splits if in_splits is not None else [x.shape[0] // W] * W
         row_bytes = x.element_size() * (x[0].numel() if x.shape[0] else int(torch.tensor(x.shape[1:]).prod()))
@@ -70,19 +70,18 @@ class LinkMeter:
             mine[t][1] += sum(msgs[t])
         note(name, "ep", x)
         t0 = time.perf_counter()
+        work = None
         if blocking:
             y = plain_all_to_all(x, out_splits, in_splits, self.group)  # counts its own backward
-        elif x.requires_grad:
-            y = funcol.all_to_all_single_autograd(x, out_splits, in_splits, self.group)
         else:
-            y = funcol.all_to_all_single(x, out_splits, in_splits, self.group)
+            y, work = all_to_all_async(x, out_splits, in_splits, self.group)  # counts its own backward
         t_issued = time.perf_counter()
         self.events.append((name, chunk, "wait", t0, t_issued))  # issuing blocks the rank too
         ready = t_issued
         if self.link is not None and msgs["inter"]:  # EMULATED: the NIC sends the inter-node messages in turn
             self._nic_free = max(t_issued, self._nic_free) + self.link.seconds(msgs["inter"])
             ready = self._nic_free
-        return (y, ready, name, chunk, t0, not blocking)
+        return (y, work, ready, name, chunk, t0)
 
     def finish(self, handle):
         """Wait for an issued AlltoAll, then for what is left of its emulated link time; returns its output.
@@ -91,11 +90,11 @@ class LinkMeter:
         messages): whatever the rank does meanwhile (the experts of another chunk) hides it; what is
         left when the rank starts waiting comes on top of the real transfer.
         """
-        y, ready, name, chunk, t_issue, functional = handle
+        y, work, ready, name, chunk, t_issue = handle
         t_wait = time.perf_counter()
         left = ready - t_wait  # emulated time not yet hidden behind other work
-        if isinstance(y, funcol.AsyncCollectiveTensor):
-            y = funcol.wait_tensor(y)
+        if work is not None:
+            work.wait()
         if left > 0:
             time.sleep(left)  # EMULATED link time
         t_end = time.perf_counter()
@@ -103,8 +102,6 @@ class LinkMeter:
         self.events.append((name, chunk, "wait", t_wait, t_end))
         if chunk is not None:
             self.waited[name] = self.waited.get(name, 0.0) + t_end - t_wait
-        if functional and y.requires_grad:  # backward sends dL/dy back along the same rows: count it too
-            y.register_hook(lambda g: note(f"{name} (backward)", "ep", g))
         return y
 
     def a2a(self, x, out_splits=None, in_splits=None, group=None, name="all_to_all"):

@@ -20,10 +20,10 @@ import signal
 import sys
 import threading
 
-# Imported once by the forkserver, so each rank starts with them loaded. torch._dynamo comes last:
-# the layer does not need it, but an optimiser's first step imports it (about a second per rank
-# otherwise, on every rank at once: the first training step of a notebook).
-PRELOAD = ["torch", "torch.distributed", "moe_lab.cluster", "moe_lab.layer", "torch._dynamo"]
+# Imported once by the forkserver, so each rank starts with them loaded. Not torch._dynamo (1.6 s,
+# as long as torch itself): nothing on a rank imports it, since training steps with moe_lab.adam
+# rather than torch.optim, whose step() would (tests/test_train.py checks a rank after training).
+PRELOAD = ["torch", "torch.distributed", "moe_lab.cluster", "moe_lab.layer"]
 
 _thread: threading.Thread | None = None
 

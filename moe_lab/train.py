@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from .adam import Adam
 from .config import MoEConfig, check_tokens_per_rank
 from .layer import MoELayer
 from .workload import init_weights
@@ -84,9 +85,9 @@ def start_weights(cfg: MoEConfig, parts, start: str):
     return start_router(cfg, parts[0], start), w_in, TARGET_SCALE * w_out
 
 
-def optimizer(router_w, w_in, w_out, lr: float):
-    """Adam; the experts' output weights step in the task's units (see TARGET_SCALE)."""
-    return torch.optim.Adam([dict(params=[router_w, w_in], lr=lr), dict(params=[w_out], lr=lr * TARGET_SCALE)])
+def optimizer(router_w, w_in, w_out, lr: float) -> Adam:
+    """Adam (moe_lab/adam.py); the experts' output weights step in the task's units (see TARGET_SCALE)."""
+    return Adam([dict(params=[router_w, w_in], lr=lr), dict(params=[w_out], lr=lr * TARGET_SCALE)])
 
 
 def check_training(steps, balance: str = "aux", gamma: float = 0.01, start: str = "collapsed", lr: float = 0.01):

@@ -40,3 +40,10 @@ def collective_on_default_device(ctx):
 def returns_device_tensor(ctx):
     """A result left on the rank's device (here: the default device) instead of the CPU."""
     return {"y": torch.zeros(2)}
+
+
+def compiler_loaded(ctx) -> bool:
+    """Has this rank imported torch's compiler (torch._dynamo, 1.6 s per process)?"""
+    import sys
+
+    return "torch._dynamo" in sys.modules

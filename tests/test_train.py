@@ -75,3 +75,37 @@ def test_training_on_ranks_equals_the_single_process_twin(balance):
         assert g["task_loss"] == pytest.approx(r["task_loss"], rel=1e-4)
         assert g["aux_loss"] == pytest.approx(r["aux_loss"], rel=1e-4, abs=1e-7)
     assert any(g["dropped_share"] > 0 for g in got)  # capacity mattered, so the slots were checked too
+
+
+def test_adam_matches_torch_adam():
+    """moe_lab.adam.Adam is torch.optim.Adam with its defaults, without importing torch._dynamo."""
+    import torch
+
+    from moe_lab.adam import Adam
+
+    g = torch.Generator().manual_seed(0)
+    ours = [torch.randn(5, 3, generator=g, requires_grad=True), torch.randn(4, generator=g, requires_grad=True)]
+    theirs = [p.detach().clone().requires_grad_() for p in ours]
+    opt_ours = Adam([dict(params=ours[:1], lr=0.01), dict(params=ours[1:], lr=0.3)])
+    opt_theirs = torch.optim.Adam([dict(params=theirs[:1], lr=0.01), dict(params=theirs[1:], lr=0.3)])
+    for step in range(20):
+        targets = torch.randn(5, 3, generator=g), torch.randn(4, generator=g)
+        for ps, opt in ((ours, opt_ours), (theirs, opt_theirs)):
+            opt.zero_grad(set_to_none=True)
+            sum(((p - t) ** 2).sum() for p, t in zip(ps, targets)).backward()
+            opt.step()
+        for a, b in zip(ours, theirs):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=f"step {step}")
+    assert not torch.equal(ours[0], theirs[0].new_zeros(5, 3))
+
+
+def test_training_and_overlap_never_import_the_compiler_on_a_rank():
+    """torch._dynamo costs 1.6 s per process: neither a training step (Adam) nor the chunked
+    pipeline's asynchronous AlltoAll may import it, so the ranks' forkserver need not preload it."""
+    from rank_fns import compiler_loaded
+
+    with Cluster(world_size=2, nodes=2, timeout=60) as c:
+        assert c.run(compiler_loaded) == [False, False]
+        list(train(c, MoEConfig(num_experts=2, k=1, seed=0), steps=2, tokens_per_rank=16))
+        c.step(MoEConfig(num_experts=2, k=1, capacity_factor=None, chunks=2), tokens_per_rank=16, backward=True)
+        assert c.run(compiler_loaded) == [False, False]
