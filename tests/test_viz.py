@@ -163,11 +163,17 @@ def test_buffer_cells_are_coloured_by_expert_in_buffer_order(trace):
         assert set(recv) <= set(range(r * m, (r + 1) * m)) | {-1}
 
 
-def test_buffers_stay_at_one_trace_per_gpu_at_full_size():
-    trace = make_trace(MoEConfig(num_experts=8, k=2, dispatch="padded"), 8, 512, 1.0)
+@pytest.mark.parametrize("dispatch", ["padded", "ragged"])
+def test_buffers_stay_at_one_trace_per_gpu_at_full_size(dispatch):
+    trace = make_trace(MoEConfig(num_experts=8, k=2, dispatch=dispatch), 8, 512, 1.0)
     fig = viz.alltoall_buffers(trace)
-    assert len(fig.data) == 8
+    assert len(fig.data) == 8 and fig.data[0].text is None  # too many cells for per-cell hover text
     assert sum(_cells(fig, SEND, -1)) == trace.send_rows.sum() - trace.kept.sum()
+    test_buffer_cells_are_coloured_by_expert_in_buffer_order(trace)  # the same cells, cell by cell
+    for r in (0, 7):  # one white line wherever the destination (send) or source (receive) GPU changes
+        lines = fig.layout.shapes[r].path.count("M")
+        owners = [[d for d, *_ in trace.send_buffer(r)], [s for s, *_ in trace.recv_buffer(r)]]
+        assert lines == sum(sum(a != b for a, b in zip(o, o[1:])) for o in owners)
 
 
 # ---- the token's path ----------------------------------------------------------------------------
@@ -392,3 +398,22 @@ def test_the_strict_json_check_rejects_a_nan():
 
     with pytest.raises(ValueError):
         _strict_json(go.Figure(go.Bar(x=[0, 1], y=[1.0, float("nan")])))
+
+
+# ---- figures built without plotly's validation -----------------------------------------------------
+UNVALIDATED = ["alltoall_buffers", "traffic_matrix", "per_gpu_load", "dropped_tokens", "dropped_assignments"]
+
+
+@pytest.mark.parametrize("name", UNVALIDATED)
+def test_unvalidated_figures_equal_their_validated_twin(name, trace):
+    """The figures a slider redraws skip plotly's validation (viz.style.figure): each must be, key
+    for key, what plotly builds from the same dicts *with* validation (which also raises on any
+    property plotly does not know)."""
+    import json
+
+    import plotly.graph_objects as go
+
+    fig = getattr(viz, name)(trace)
+    assert fig._validate is False  # the fast path is really taken
+    validated = go.Figure(fig.to_dict())  # validates every property
+    assert json.loads(fig.to_json()) == json.loads(validated.to_json())

@@ -13,7 +13,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from ..trace import StepTrace
-from .style import DROPPED_COLOR, KEPT_COLOR, title_above, title_margin, wrap_title
+from .style import DROPPED_COLOR, KEPT_COLOR, figure, title_above, title_margin, trace as plotly_trace, wrap_title
 
 POSITION_BINS = 16
 GATE_BINS = 10
@@ -55,12 +55,14 @@ def dropped_assignments(trace: StepTrace) -> go.Figure:
 
     bars = []
     for name, mask, color in (("kept", kept, KEPT_COLOR), ("dropped", dropped, DROPPED_COLOR)):
-        bars.append(go.Bar(x=pos_mid, y=hist(positions, pos_edges, mask), width=pos_edges[1] - pos_edges[0],
-                           name=f"{name} (by token position)", marker_color=color, legendgroup=name,
-                           xaxis="x", yaxis="y", hovertemplate="tokens %{x:.0f}±: %{y}<extra>" + name + "</extra>"))
-        bars.append(go.Bar(x=gate_mid, y=hist(np.clip(gates, 0, 1), gate_edges, mask), width=1 / GATE_BINS,
-                           name=f"{name} (by gate g)", marker_color=color, legendgroup=name, showlegend=False,
-                           xaxis="x2", yaxis="y2", hovertemplate="g ≈ %{x:.2f}: %{y}<extra>" + name + "</extra>"))
+        bars.append(plotly_trace(
+            "bar", x=pos_mid, y=hist(positions, pos_edges, mask), width=float(pos_edges[1] - pos_edges[0]),
+            name=f"{name} (by token position)", marker=dict(color=color), legendgroup=name,
+            xaxis="x", yaxis="y", hovertemplate="tokens %{x:.0f}±: %{y}<extra>" + name + "</extra>"))
+        bars.append(plotly_trace(
+            "bar", x=gate_mid, y=hist(np.clip(gates, 0, 1), gate_edges, mask), width=1 / GATE_BINS,
+            name=f"{name} (by gate g)", marker=dict(color=color), legendgroup=name, showlegend=False,
+            xaxis="x2", yaxis="y2", hovertemplate="g ≈ %{x:.2f}: %{y}<extra>" + name + "</extra>"))
     cfg = trace.extra.get("cfg")
     priority = getattr(cfg, "priority", None)
     n_drop = int(dropped.sum())
@@ -75,17 +77,15 @@ def dropped_assignments(trace: StepTrace) -> go.Figure:
     if priority:
         head += f" (priority = {priority})"
     title = wrap_title(head, sub)
-    fig = go.Figure(bars)
-    fig.update_layout(  # two panels stacked (not side by side): each keeps the full width when the figure is narrow
+    return figure(bars, dict(  # two panels stacked (not side by side): each keeps the full width when narrow
         barmode="stack", title=title_above(title, 30), height=600, margin=dict(t=title_margin(title, 40), b=90),
-        xaxis=dict(title="token position on its GPU", range=[0, N], anchor="y"),
-        yaxis=dict(domain=[0.64, 1], title="assignments"),
-        xaxis2=dict(title="gate weight g", range=[0, 1], anchor="y2"),
-        yaxis2=dict(domain=[0, 0.36], anchor="x2", title="assignments"),
+        xaxis=dict(title=dict(text="token position on its GPU"), range=[0, N], anchor="y"),
+        yaxis=dict(domain=[0.64, 1], title=dict(text="assignments")),
+        xaxis2=dict(title=dict(text="gate weight g"), range=[0, 1], anchor="y2"),
+        yaxis2=dict(domain=[0, 0.36], anchor="x2", title=dict(text="assignments")),
         legend=dict(orientation="h", y=-0.15, yanchor="top"),
         annotations=[dict(text=text, x=0, y=y, xref="paper", yref="paper", xanchor="left", yanchor="bottom",
                           showarrow=False, font=dict(size=13))
                      for text, y in (("by position in the GPU's block of N tokens", 1.0),
                                      ("by gate weight g of the assignment", 0.36))],
-    )
-    return fig
+    ))

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import numpy as np
 import plotly.graph_objects as go
+from plotly.colors import sequential
 
 from ..trace import PHASES, StepTrace
-from .style import (DROPPED_COLOR, HOVER_CELL_LIMIT, KEPT_COLOR, PADDING_COLOR, PHASE_COLORS, expert_colors,
-                    gpu_label, title_above, title_margin, wrap_title)
+from .style import (DROPPED_COLOR, HOVER_CELL_LIMIT, KEPT_COLOR, PADDING_COLOR, PHASE_COLORS, expert_colors, figure,
+                    gpu_label, title_above, title_margin, trace as plotly_trace, wrap_title)
 
 WIDE_TITLE = 70  # characters per title line of a figure drawn at full width
 
@@ -27,6 +28,7 @@ WIDE_TITLE = 70  # characters per title line of a figure drawn at full width
 BUFFER_ROWS = ("send (before dispatch)", "receive (after dispatch)", "dropped (never sent)")
 
 
+BLUES = [[i / 8, c] for i, c in enumerate(sequential.Blues)]  # plotly's "Blues", spelled out as validation would
 EMPTY = -2  # colour value of a heatmap cell past the end of a buffer (transparent)
 
 
@@ -39,35 +41,34 @@ def alltoall_buffers(trace: StepTrace) -> go.Figure:
     nothing. One heatmap per panel keeps the figure at P traces however many tokens there are.
     """
     P, E = trace.world_size, trace.num_experts
-    buffers = [(trace.send_buffer(r), trace.recv_buffer(r)) for r in range(P)]  # rows, as trace.py lays them out
-    width = max(1, max(max(len(s), len(rv), int(trace.dropped_at(r).sum())) for r, (s, rv) in enumerate(buffers)))
-    hover = P * len(BUFFER_ROWS) * width <= HOVER_CELL_LIMIT
-    sides = [_buffer_cells(trace, r, *buffers[r], hover) for r in range(P)]  # per rank: 3 lists of (value, hover)
+    rows = [_buffer_values(trace, r) for r in range(P)]  # per rank: send, its owners, recv, its owners, dropped
+    width = max(1, max(max(len(send), len(recv), len(drop)) for send, _, recv, _, drop in rows))
+    hover = P * len(BUFFER_ROWS) * width <= HOVER_CELL_LIMIT  # per-cell text only where it stays cheap
     titles = []
     for r in range(P):
-        n_drop = int(trace.dropped_at(r).sum())
         real = f" ({int(trace.recv_tokens[r])} real)" if trace.buffer_slots is not None else ""
         titles.append(f"{gpu_label(r)}: sends {int(trace.send_rows[r])} rows, receives {int(trace.recv_rows[r])}"
-                      f"{real}, dropped {n_drop}")
+                      f"{real}, dropped {len(rows[r][4])}")
     layout = _stacked_panels(titles, spacing=min(0.04, 0.3 / P))  # one panel per GPU, shared x
     heatmaps, shapes = [], []  # chunk boundaries, set once: add_shape per line is slow
-    for r, side in enumerate(sides):
+    for r, (send, send_to, recv, recv_from, drop) in enumerate(rows):
         # [3, width] float (object arrays are deep-copied cell by cell on every redraw); EMPTY = past
         # the end of that buffer, drawn blank (not NaN: widget messages are strict JSON)
         z = np.full((len(BUFFER_ROWS), width), EMPTY, float)
-        text = np.full(z.shape, "", object) if hover else None
-        for i, row in enumerate(side):
-            if row:
-                z[i, : len(row)] = [v for v, _ in row]
-                if hover:
-                    text[i, : len(row)] = [h for _, h in row]
+        for i, values in enumerate((send, recv, drop)):
+            z[i, : len(values)] = values
+        text = None
+        if hover:
+            text = np.full(z.shape, "", object)
+            for i, labels in enumerate(_buffer_hover(trace, r)):
+                text[i, : len(labels)] = labels
         ax = "" if r == 0 else str(r + 1)
-        heatmaps.append(go.Heatmap(
-            z=z, y=list(BUFFER_ROWS), x=np.arange(width), coloraxis="coloraxis", name=gpu_label(r),
+        heatmaps.append(plotly_trace(
+            "heatmap", z=z, y=list(BUFFER_ROWS), x=np.arange(width), coloraxis="coloraxis", name=gpu_label(r),
             text=text, hovertemplate="%{text}<extra>" + gpu_label(r) + "</extra>" if hover else None,
             hoverinfo=None if hover else "x+y+z", xgap=0, ygap=2, xaxis="x" + ax, yaxis="y" + ax,
         ))
-        shapes += _chunk_lines(*buffers[r], "x" + ax, "y" + ax)
+        shapes += _chunk_lines(send_to, recv_from, "x" + ax, "y" + ax)
     mode = "padded" if trace.buffer_slots is not None else "ragged"
     cap = "dropless" if trace.capacity is None else f"capacity C = {trace.capacity} per expert per source GPU"
     title = wrap_title(
@@ -80,7 +81,7 @@ def alltoall_buffers(trace: StepTrace) -> go.Figure:
         title=title_above(title, 32), coloraxis=_expert_colorscale(E), shapes=shapes, height=150 + 135 * P,
         margin=dict(l=10, r=10, t=title_margin(title, 50), b=40), showlegend=False,
     )
-    return go.Figure(data=heatmaps, layout=layout)
+    return figure(heatmaps, layout)
 
 
 def _stacked_panels(titles: list[str], spacing: float) -> dict:
@@ -92,8 +93,11 @@ def _stacked_panels(titles: list[str], spacing: float) -> dict:
     for r, title in enumerate(titles):
         ax = "" if r == 0 else str(r + 1)
         top = 1 - r * (h + spacing)
-        layout["xaxis" + ax] = dict(anchor="y" + ax, matches=None if r == 0 else "x", showticklabels=r == n - 1,
-                                    title_text="buffer row" if r == n - 1 else None)
+        layout["xaxis" + ax] = dict(anchor="y" + ax, showticklabels=r == n - 1)
+        if r:
+            layout["xaxis" + ax]["matches"] = "x"
+        if r == n - 1:
+            layout["xaxis" + ax]["title"] = dict(text="buffer row")
         layout["yaxis" + ax] = dict(anchor="x" + ax, domain=[max(0.0, top - h), min(1.0, top)], autorange="reversed")
         notes.append(dict(text=title, x=0.5, y=top, xref="paper", yref="paper", xanchor="center",
                           yanchor="bottom", showarrow=False, font=dict(size=16)))
@@ -101,32 +105,52 @@ def _stacked_panels(titles: list[str], spacing: float) -> dict:
     return layout
 
 
-def _buffer_cells(trace: StepTrace, r: int, send_rows: list, recv_rows: list, hover: bool = True) -> list[list[tuple]]:
-    """Rank r's send rows, receive rows and dropped assignments as (colour value, hover text)."""
-    if not hover:  # values only: formatting tens of thousands of strings is most of a redraw
-        t_d, j_d = np.nonzero(trace.dropped_at(r))
-        return [[(e if t is not None else -1, "") for _, e, _, t, _ in send_rows],
-                [(e if t is not None else -1, "") for _, e, _, t, _ in recv_rows],
-                [(e, "") for e in trace.chosen[r][t_d, j_d].tolist()]]
-    send = [(e, f"token {t} (choice {j}) → {gpu_label(d)}, E{e} slot {s}") if t is not None
-            else (-1, f"padding → {gpu_label(d)}, E{e} slot {s} (wasted)") for d, e, s, t, j in send_rows]
-    recv = [(e, f"from {gpu_label(src)}: token {t} (choice {j}), E{e} slot {s}") if t is not None
-            else (-1, f"padding from {gpu_label(src)}, E{e} slot {s} (wasted)")
-            for src, e, s, t, j in recv_rows]
+def _buffer_values(trace: StepTrace, r: int) -> tuple[np.ndarray, ...]:
+    """Rank r's buffers as colour values, computed from the kept counts (no per-row Python: at 8 GPUs
+    x 512 tokens the rows were most of a redraw). A value is the row's expert e, -1 a padding row.
+
+    Returns send [rows] and the GPU each row goes to, recv [rows] and the GPU each came from, and
+    the experts of r's dropped assignments (token order, then choice) — the order trace.send_buffer /
+    trace.recv_buffer lay the rows out in (tests/test_viz.py checks it cell by cell).
+    """
+    P, E, m, S = trace.world_size, trace.num_experts, trace.experts_per_rank, trace.buffer_slots
+    kept = np.stack([np.bincount(u[u >= 0], minlength=E) for u in trace.used.reshape(P, -1)])  # [P, E] rows kept
+    send, send_n = _rows(np.arange(E), kept[r], S)
+    local = np.arange(r * m, (r + 1) * m)
+    recv, recv_n = _rows(np.tile(local, P), kept[:, local].reshape(-1), S)  # by source GPU, then local expert
+    drop = trace.chosen[r][np.nonzero(trace.dropped_at(r))]
+    return send, np.repeat(np.arange(E) // m, send_n), recv, np.repeat(np.repeat(np.arange(P), m), recv_n), drop
+
+
+def _rows(experts: np.ndarray, counts: np.ndarray, slots: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Blocks of rows, one per entry of `experts`: `counts` rows of that expert, then (padded layout,
+    `slots` rows a block) padding (-1). Returns the row values and each block's length."""
+    n = counts if slots is None else np.full_like(counts, slots)
+    values = np.repeat(experts, n)
+    if slots is not None:
+        position = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)  # row index inside its block
+        values = np.where(position < np.repeat(counts, n), values, -1)
+    return values, n
+
+
+def _buffer_hover(trace: StepTrace, r: int) -> list[list[str]]:
+    """Hover text of rank r's send rows, receive rows and dropped assignments (small steps only)."""
+    send = [f"token {t} (choice {j}) → {gpu_label(d)}, E{e} slot {s}" if t is not None
+            else f"padding → {gpu_label(d)}, E{e} slot {s} (wasted)" for d, e, s, t, j in trace.send_buffer(r)]
+    recv = [f"from {gpu_label(src)}: token {t} (choice {j}), E{e} slot {s}" if t is not None
+            else f"padding from {gpu_label(src)}, E{e} slot {s} (wasted)" for src, e, s, t, j in trace.recv_buffer(r)]
     t_d, j_d = np.nonzero(trace.dropped_at(r))
     wanted = trace.chosen[r][t_d, j_d].tolist()
-    drop = [(e, f"token {t} (choice {j}) wanted E{e}: dropped, contributes 0")
+    drop = [f"token {t} (choice {j}) wanted E{e}: dropped, contributes 0"
             for t, j, e in zip(t_d.tolist(), j_d.tolist(), wanted)]
     return [send, recv, drop]
 
 
-def _chunk_lines(send_rows: list, recv_rows: list, xref: str, yref: str) -> list[dict]:
+def _chunk_lines(send_to: np.ndarray, recv_from: np.ndarray, xref: str, yref: str) -> list[dict]:
     """White lines between destination chunks (send) and source chunks (receive) of one rank."""
-    send_d = [d for d, *_ in send_rows]
-    recv_s = [s for s, *_ in recv_rows]
     path = ""  # one SVG path per panel: a shape per line makes every redraw slow
-    for y, owners in ((0, send_d), (1, recv_s)):
-        for c in (i for i in range(1, len(owners)) if owners[i] != owners[i - 1]):
+    for y, owners in ((0, send_to), (1, recv_from)):
+        for c in np.flatnonzero(owners[1:] != owners[:-1]) + 1:
             path += f"M{c - 0.5},{y - 0.45}L{c - 0.5},{y + 0.45}"
     return [dict(type="path", path=path, xref=xref, yref=yref, line=dict(color="white", width=2))] if path else []
 
@@ -139,7 +163,7 @@ def _expert_colorscale(E: int) -> dict:
     for i, c in enumerate(colors):
         scale += [[i / n, c], [(i + 1) / n, c]]
     return dict(colorscale=scale, cmin=EMPTY - 0.5, cmax=E - 0.5, colorbar=dict(
-        title="expert", tickvals=list(range(-1, E)), ticktext=["padding"] + [f"E{e}" for e in range(E)]))
+        title=dict(text="expert"), tickvals=list(range(-1, E)), ticktext=["padding"] + [f"E{e}" for e in range(E)]))
 
 
 # ---- traffic, load, drops --------------------------------------------------------------------
@@ -153,17 +177,17 @@ def traffic_matrix(trace: StepTrace) -> go.Figure:
              for j in range(P)] for i in range(P)]
     labels = [gpu_label(r) for r in range(P)]
     mb = float(np.sum(trace.bytes_sent)) / 1e6
-    fig = go.Figure(go.Heatmap(z=z, x=labels, y=labels, colorscale="Blues", texttemplate="%{z}", text=text,
-                               hovertemplate="%{text}<extra></extra>", colorbar=dict(title="tokens")))
+    heatmap = plotly_trace("heatmap", z=z, x=labels, y=labels, colorscale=BLUES, texttemplate="%{z}", text=text,
+                           hovertemplate="%{text}<extra></extra>", colorbar=dict(title=dict(text="tokens")))
     title = wrap_title("Dispatch AlltoAll: tokens GPU i sends GPU j",
                        f"{int(z.sum())} copies, {mb:.2f} MB on the wire"
                        f"{' with padding' if trace.buffer_slots is not None else ''}; combine sends every copy "
                        f"back: its matrix is the transpose")
-    fig.update_layout(  # no fixed width: the figure takes its output's width (autosize)
-        title=title_above(title), xaxis_title="to GPU j (holds the chosen expert)", yaxis_title="from GPU i (the token's home)",
-        yaxis=dict(autorange="reversed"), height=200 + 45 * P, margin=dict(t=title_margin(title)),
-    )
-    return fig
+    return figure([heatmap], dict(  # no fixed width: the figure takes its output's width (autosize)
+        title=title_above(title), xaxis=dict(title=dict(text="to GPU j (holds the chosen expert)")),
+        yaxis=dict(title=dict(text="from GPU i (the token's home)"), autorange="reversed"),
+        height=200 + 45 * P, margin=dict(t=title_margin(title)),
+    ))
 
 
 def per_gpu_load(trace: StepTrace) -> go.Figure:
@@ -172,55 +196,54 @@ def per_gpu_load(trace: StepTrace) -> go.Figure:
     P, m = trace.world_size, trace.experts_per_rank
     x = np.arange(P)
     dropped = np.asarray(trace.dropped).reshape(P, m).sum(1)  # [P] dropped copies that wanted this GPU
-    fig = go.Figure([
-        go.Bar(x=x, y=trace.recv_tokens, name="received", marker_color=KEPT_COLOR),
-        go.Bar(x=x, y=dropped, name="dropped (wanted this GPU)", marker_color=DROPPED_COLOR),
-    ])
     mean = float(np.mean(trace.recv_tokens))
-    fig.add_trace(go.Scatter(x=[-0.5, P - 0.5], y=[mean, mean], mode="lines", name=f"mean {mean:.0f}",
-                             line=dict(color="black", dash="dot")))
+    traces = [
+        plotly_trace("bar", x=x, y=np.asarray(trace.recv_tokens), name="received", marker=dict(color=KEPT_COLOR)),
+        plotly_trace("bar", x=x, y=dropped, name="dropped (wanted this GPU)", marker=dict(color=DROPPED_COLOR)),
+        plotly_trace("scatter", x=[-0.5, P - 0.5], y=[mean, mean], mode="lines", name=f"mean {mean:.0f}",
+                     line=dict(color="black", dash="dot")),
+    ]
     sub = "dropless: no capacity limit"
     if trace.capacity is not None:
         limit = trace.capacity * m * P  # C slots × m local experts × P source GPUs
-        fig.add_trace(go.Scatter(x=[-0.5, P - 0.5], y=[limit, limit], mode="lines", name=f"capacity {limit}",
-                                 line=dict(color=DROPPED_COLOR, dash="dash")))
+        traces.append(plotly_trace("scatter", x=[-0.5, P - 0.5], y=[limit, limit], mode="lines",
+                                   name=f"capacity {limit}", line=dict(color=DROPPED_COLOR, dash="dash")))
         sub = (f"capacity = C·m·P = {trace.capacity}·{m}·{P} = {limit} per GPU (C slots per expert from each "
                f"source GPU, m experts per GPU, P source GPUs)")
     title = wrap_title(f"Tokens per GPU: max/mean = {trace.load_imbalance:.2f}", sub)
-    fig.update_layout(
+    return figure(traces, dict(
         barmode="stack", title=title_above(title),
-        xaxis=dict(title="GPU (experts it holds)", tickvals=list(x),
+        xaxis=dict(title=dict(text="GPU (experts it holds)"), tickvals=x.tolist(),
                    ticktext=[f"{r}<br>E{r * m}" + (f"-E{r * m + m - 1}" if m > 1 else "") for r in x]),
-        yaxis_title="token copies received", legend=dict(orientation="h", y=-0.3, yanchor="top"),
+        yaxis=dict(title=dict(text="token copies received")), legend=dict(orientation="h", y=-0.3, yanchor="top"),
         height=500, margin=dict(t=title_margin(title), b=130),
-    )
-    return fig
+    ))
 
 
 def dropped_tokens(trace: StepTrace) -> go.Figure:
     """Kept and dropped assignments per expert E_i, and the dropped share of all P·N·k."""
     E = trace.num_experts
     x = np.arange(E)
-    fig = go.Figure([
-        go.Bar(x=x, y=trace.kept, name="kept (served by E_i)", marker_color=KEPT_COLOR),
-        go.Bar(x=x, y=trace.dropped, name="dropped (chose E_i, over capacity)", marker_color=DROPPED_COLOR),
-    ])
+    traces = [
+        plotly_trace("bar", x=x, y=np.asarray(trace.kept), name="kept (served by E_i)", marker=dict(color=KEPT_COLOR)),
+        plotly_trace("bar", x=x, y=np.asarray(trace.dropped), name="dropped (chose E_i, over capacity)",
+                     marker=dict(color=DROPPED_COLOR)),
+    ]
     if trace.capacity is not None:
         limit = trace.capacity * trace.world_size  # C slots from each of the P source GPUs
-        fig.add_trace(go.Scatter(x=[-0.5, E - 0.5], y=[limit, limit], mode="lines",
-                                 name=f"C·P = {limit}", line=dict(color=DROPPED_COLOR, dash="dash")))
+        traces.append(plotly_trace("scatter", x=[-0.5, E - 0.5], y=[limit, limit], mode="lines",
+                                   name=f"C·P = {limit}", line=dict(color=DROPPED_COLOR, dash="dash")))
     share = trace.dropped_share
     total = trace.assignments
     sub = ("dropless" if trace.capacity is None else f"capacity C = {trace.capacity} per expert per GPU")
     title = wrap_title(f"Dropped: {100 * share:.1f}% of the P·N·k = {total} assignments "
                        f"({int(np.sum(trace.dropped))} dropped)", sub)
-    fig.update_layout(
+    return figure(traces, dict(
         barmode="stack", title=title_above(title),
-        xaxis=dict(title="expert", tickvals=list(x), ticktext=[f"E{e}" for e in x]),
-        yaxis_title="assignments (token copies)", legend=dict(orientation="h", y=-0.2, yanchor="top"),
+        xaxis=dict(title=dict(text="expert"), tickvals=x.tolist(), ticktext=[f"E{e}" for e in x]),
+        yaxis=dict(title=dict(text="assignments (token copies)")), legend=dict(orientation="h", y=-0.2, yanchor="top"),
         height=440, margin=dict(t=title_margin(title), b=100),
-    )
-    return fig
+    ))
 
 
 def stragglers(trace: StepTrace) -> go.Figure:

@@ -1,8 +1,11 @@
 """The course's colours, labels and title layout, in one place: every figure family imports them from here."""
 from __future__ import annotations
 
+import functools
 import textwrap
 
+import plotly.graph_objects as go
+import plotly.io as pio
 from plotly.colors import qualitative
 
 PADDING_COLOR = "#c9c9c9"  # wasted rows of a padded buffer
@@ -50,3 +53,29 @@ def title_above(title: str, gap: int = 10) -> dict:
     `title_margin(title)`: a title centred in the margin would spill into the plot when it wraps.
     (`gap` is kept for callers; the margin's `base` sets the room below the title.)"""
     return dict(text=title, yref="container", y=1, yanchor="top", pad=dict(t=26))  # plotly anchors the first line
+
+
+def figure(data: list[dict], layout: dict) -> go.Figure:
+    """A figure from plain trace and layout dicts, *without* plotly's property validation.
+
+    Validation is about nine tenths of building a figure (≈ 100 ms of a Playground redraw for
+    dicts we wrote ourselves), so the figures a slider redraws are written in plotly's canonical
+    form (nested dicts: `title=dict(text=...)`, `marker=dict(color=...)`, no `xaxis_title`
+    shorthands) and skip it. tests/test_viz.py keeps them honest: each must equal, key for key,
+    the same figure built *with* validation.
+    """
+    template = _default_template(pio.templates.default)
+    if template is not None and "template" not in layout:  # else plotly deep-copies the template every time
+        layout = dict(layout, template=template)
+    return go.Figure(data=data, layout=layout, _validate=False)
+
+
+@functools.lru_cache(maxsize=4)
+def _default_template(name) -> dict | None:
+    """The default template as plain dicts, built once per template name (None: let plotly do it)."""
+    return pio.templates[name].to_plotly_json() if isinstance(name, str) else None
+
+
+def trace(kind: str, **props) -> dict:
+    """One trace as a plain dict for `figure`: `kind` is plotly's trace type; None props are left out."""
+    return dict(type=kind, **{k: v for k, v in props.items() if v is not None})
