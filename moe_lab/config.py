@@ -15,7 +15,7 @@ POLICIES = ("drop", "overflow")
 PRIORITIES = ("position", "score")
 DISPATCHES = ("ragged", "padded")
 ROUTERS = ("top_k", "expert_choice")
-ALLTOALLS = ("flat", "hierarchical")
+ALLTOALLS = ("flat", "hierarchical", "node_dedup")
 
 
 def _is_int(v) -> bool:
@@ -49,7 +49,10 @@ class MoEConfig:
                       multiplies E, k and S by m and divides d_hidden by m.
     -- the network (chapter 7; moe_lab.topology) --
     alltoall          "flat": one AlltoAll over all ranks; "hierarchical": inside the node, then
-                      across nodes between same-local-rank peers (moe_lab.hierarchical).
+                      across nodes between same-local-rank peers (moe_lab.hierarchical);
+                      "node_dedup": each token crosses once per node that holds one of its experts,
+                      is forwarded to them inside that node, and one summed row per (token, node)
+                      comes back (DeepSeek-V3; moe_lab.node_dedup).
     max_nodes (M)     node-limited routing: each token's k experts lie on at most M nodes (None = no limit).
     chunks (c)        split the rank's tokens into c chunks and pipeline dispatch / experts / combine.
     inter_node        an *emulated* slow inter-node link, topology.LinkModel (None = links as they are).
@@ -167,6 +170,11 @@ class MoEConfig:
             raise ValueError(f"chunks={self.chunks} pipelines the ragged dispatch; use dispatch='ragged' or chunks=1")
         if self.chunks > 1 and self.alltoall != "flat":
             raise ValueError(f"chunks={self.chunks} pipelines the flat AlltoAll; use alltoall='flat' or chunks=1")
+        if self.alltoall == "node_dedup" and self.dispatch != "ragged":
+            raise ValueError(f"alltoall='node_dedup' with dispatch={self.dispatch!r}: send-once moves one row per "
+                             "(token, node) and sums the node's experts there, while padded buffers hold one row per "
+                             "(token, expert) capacity slot; use dispatch='ragged' (capacity_factor still drops "
+                             "the same assignments)")
         if self.inter_node is not None and not isinstance(self.inter_node, LinkModel):
             raise ValueError(f"inter_node={self.inter_node!r}: must be a LinkModel(bandwidth_GBps, latency_us) or None")
 

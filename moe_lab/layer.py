@@ -22,6 +22,7 @@ from .dispatch import make_local_experts, padded_exchange, ragged_exchange, send
 from .expert_choice import route_fn
 from .hierarchical import HierarchicalAlltoAll
 from .links import LinkMeter
+from .node_dedup import node_dedup_exchange
 from .overlap import pipelined_exchange
 from .experts import tp_shard
 from .shared_experts import SharedExperts, check_shared
@@ -115,7 +116,9 @@ class MoELayer(nn.Module):
             order, counts = send_order(r["used"], r["slot"], E)  # [S], [E]
         local_experts = make_local_experts(self.w_in, self.w_out, self.tp_group)
         S = None
-        if cfg.chunks > 1:  # chapter 7: pipelined chunks (moe_lab.overlap)
+        if cfg.alltoall == "node_dedup":  # chapter 7: one row per (token, node), summed there (moe_lab.node_dedup)
+            y = node_dedup_exchange(x, r["gates"], r["used"], local_experts, meter, self.nodes, E)  # [N, d]
+        elif cfg.chunks > 1:  # chapter 7: pipelined chunks (moe_lab.overlap)
             out = pipelined_exchange(x, r["used"], r["slot"], k, E, local_experts, meter, cfg.chunks)  # [N*k, d]
             for name, s in meter.waited.items():
                 times[name] = times.get(name, 0.0) + s
@@ -130,7 +133,8 @@ class MoELayer(nn.Module):
                 back = padded_exchange(x, order, counts, S, k, local_experts, self.group, meter.phase, net.a2a)
             # put each returned row back at its (token, choice)
             out = x.new_zeros(N * k, x.shape[1]).index_copy(0, order, back)  # [N*k, d]
-        y = routing.combine_weighted(r["gates"], r["used"], out.view(N, k, -1))  # [N, d]
+        if cfg.alltoall != "node_dedup":  # one row came back per kept (token, choice)
+            y = routing.combine_weighted(r["gates"], r["used"], out.view(N, k, -1))  # [N, d]
         if self.shared is not None:
             with timer("shared"):
                 y = y + self.shared(x)  # [N, d] every token, on its own rank
