@@ -9,6 +9,7 @@ import torch
 from moe_lab import MoEConfig, reference
 from moe_lab.cluster import Cluster
 from moe_lab.hierarchical import regroup
+from moe_lab.node_dedup import nodes_hit
 from moe_lab.node_limited import allowed_nodes
 from moe_lab.step import reference_step
 from moe_lab.topology import LinkModel, classify, expert_node, link_of, node_of
@@ -23,7 +24,13 @@ VARIANTS = {
     "node-limited M=1": dict(max_nodes=1),
     "chunks=3": dict(chunks=3),
     "chunks=4 M=1 emulated link": dict(chunks=4, max_nodes=1, inter_node=LinkModel(2.0, 50)),
+    "node-limited M=1 dropless": dict(max_nodes=1, capacity_factor=None),
+    "node_dedup": dict(alltoall="node_dedup"),
+    "node_dedup M=1": dict(alltoall="node_dedup", max_nodes=1),
+    "node_dedup dropless": dict(alltoall="node_dedup", capacity_factor=None),
+    "node_dedup M=1 dropless": dict(alltoall="node_dedup", max_nodes=1, capacity_factor=None),
 }
+DEDUP = [name for name in VARIANTS if name.startswith("node_dedup")]
 
 
 # ---- pure pieces, checked on hand-worked cases ------------------------------------------------
@@ -46,6 +53,12 @@ def test_emulated_link_time_is_latency_plus_bytes_over_bandwidth_per_message():
 
 def test_regroup_turns_a_major_chunks_into_b_major_rows():
     assert regroup(torch.tensor([[2, 1], [3, 4]])).tolist() == [0, 1, 3, 4, 5, 2, 6, 7, 8, 9]
+
+
+def test_send_once_goes_to_every_node_holding_a_kept_expert_of_the_token():
+    # E = 4 on 2 nodes (experts 0-1 on node 0): the module docstring's worked example, plus a dropped copy
+    used = torch.tensor([[2, 3], [0, 3], [0, 1], [3, -1], [-1, -1]])
+    assert nodes_hit(used, 4, 2).tolist() == [[False, True], [True, True], [True, False], [False, True], [False, False]]
 
 
 def test_node_score_is_the_sum_of_the_top_k_over_m_experts_of_the_node():
@@ -80,6 +93,8 @@ def test_node_limited_tokens_use_at_most_m_nodes_and_m_equal_nodes_changes_nothi
     (dict(chunks=2, dispatch="padded"), "dispatch='ragged'"),
     (dict(alltoall="ring"), "alltoall='ring'"),
     (dict(inter_node=10.0), "LinkModel"),
+    (dict(alltoall="node_dedup", dispatch="padded"), "use dispatch='ragged'"),
+    (dict(alltoall="node_dedup", chunks=2), "chunks=2 pipelines the flat AlltoAll"),
 ])
 def test_invalid_network_config_is_refused(kwargs, words):
     with pytest.raises(ValueError) as err:
@@ -121,7 +136,7 @@ def test_reference_refuses_more_nodes_per_token_than_the_cluster_has():
 @pytest.fixture(scope="module", params=[4, 8])
 def two_nodes(request):
     W = request.param
-    cases = {name: MoEConfig(num_experts=2 * W, k=2, capacity_factor=1.0, z_alpha=0.001, **kw)
+    cases = {name: MoEConfig(**{**dict(num_experts=2 * W, k=2, capacity_factor=1.0, z_alpha=0.001), **kw})
              for name, kw in VARIANTS.items()}
     with Cluster(world_size=W, nodes=2, timeout=120) as c:
         results = c.run(step_many, [(cfg, N, 0.0, True, True) for cfg in cases.values()])
@@ -203,6 +218,59 @@ def test_node_limited_m1_sends_each_token_to_one_node(two_nodes):
     tr = runs["node-limited M=1"]["trace"]
     nodes = np.vectorize(lambda e: expert_node(e, tr.num_experts, 2))(tr.chosen)  # [W, N, k]
     assert (nodes == nodes[..., :1]).all()
+
+
+def _token_node_pairs(used, W, N, E, nodes=2):
+    """From the routing tables on one process: per source rank, how many (token, remote node)
+    pairs it has (send once) and how many (token, remote expert) copies (one row per copy)."""
+    pairs, copies = [0] * W, [0] * W
+    for i, row in enumerate(used.tolist()):
+        src = i // N
+        home = node_of(src, W, nodes)
+        remote = [expert_node(e, E, nodes) for e in row if e >= 0 and expert_node(e, E, nodes) != home]
+        pairs[src] += len(set(remote))
+        copies[src] += len(remote)
+    return pairs, copies
+
+
+@pytest.mark.parametrize("name", DEDUP)
+def test_send_once_crosses_nodes_once_per_token_and_remote_node(two_nodes, name):
+    """Rows counted on the ranks = (token, remote node) pairs of the routing, exactly: the token, its
+    routing row (k gates + k ids) and, back, one summed row per (token, node); nothing else crosses
+    but one count per peer."""
+    W, runs = two_nodes
+    cfg, tr = runs[name]["cfg"], runs[name]["trace"]
+    _, _, info = reference_step(cfg, W, N, False, nodes=2)
+    pairs, copies = _token_node_pairs(info["used"], W, N, cfg.num_experts)
+    row, meta_row = cfg.d_model * 4, 2 * cfg.k * 4
+    per = tr.link_per_collective
+    assert per["dispatch (once per node, inter-node)"]["inter_bytes"].tolist() == [p * row for p in pairs]
+    assert per["dispatch metadata (gates, expert ids)"]["inter_bytes"].tolist() == [p * meta_row for p in pairs]
+    # rank (b, l) sends back what its peer (a, l) sent it: with 2 nodes, the peer is rank (r + G) % W
+    G = W // 2
+    assert per["combine (once per node, inter-node)"]["inter_bytes"].tolist() == [pairs[(r + G) % W] * row for r in range(W)]
+    counts = per["all_to_all (counts, inter-node)"]["inter_bytes"].tolist()
+    assert counts == [8] * W  # one int64 to the one peer on the other node
+    for cname, c in per.items():
+        if "intra-node" in cname:
+            assert c["inter_bytes"].sum() == 0, cname
+    assert tr.link_bytes["inter"].tolist() == [(p * (row + meta_row) + pairs[(r + G) % W] * row + 8)
+                                               for r, p in enumerate(pairs)]
+    assert tr.link_messages["inter"].max() <= 4  # counts, rows, metadata, combine: one message each to one peer
+    assert sum(pairs) <= sum(copies)
+    if name == "node_dedup M=1 dropless":  # one node per token, nothing dropped: a remote token has both copies there
+        assert sum(copies) == 2 * sum(pairs) > 0
+
+
+def test_send_once_with_node_limited_routing_halves_the_rows_crossing(two_nodes):
+    """k = 2, 2 nodes, the same routing (M = 1, dropless): the per-copy AlltoAll sends both copies of a
+    remote token over the network, send once sends the token once — exactly half the rows, each way."""
+    _, runs = two_nodes
+    per_copy = runs["node-limited M=1 dropless"]["trace"].link_per_collective["all_to_all"]["inter_bytes"].sum()  # dispatch + combine
+    once = runs["node_dedup M=1 dropless"]["trace"].link_per_collective
+    there = once["dispatch (once per node, inter-node)"]["inter_bytes"].sum()
+    back = once["combine (once per node, inter-node)"]["inter_bytes"].sum()
+    assert there == back and per_copy == 4 * there > 0
 
 
 def test_overlap_timeline_has_dispatch_of_the_next_chunk_in_flight_while_experts_run(two_nodes):
