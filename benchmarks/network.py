@@ -6,6 +6,8 @@ forward step of each contender, interleaved rep by rep:
   flat            one AlltoAll over all ranks
   hierarchical    inside the node, then one message per other node
   node-limited    flat, every token's experts on at most M = 1 node
+  node-dedup      send once per node (alltoall="node_dedup"): one row per (token, node) crosses,
+                  forwarded to the experts inside the node; with and without M = 1
   flat, c = 4     flat with 4 pipelined chunks (overlap)
 and, without the emulated link, flat and hierarchical. Every contender is checked against the
 single-process reference. Reported: step time (max over ranks), inter-node messages and bytes
@@ -66,6 +68,8 @@ def section_network(bc) -> dict:
             "flat": _config(W, inter_node=inter),
             "hierarchical": _config(W, inter_node=inter, alltoall="hierarchical"),
             "node-limited M=1": _config(W, inter_node=inter, max_nodes=1),
+            "node-dedup": _config(W, inter_node=inter, alltoall="node_dedup"),
+            "node-dedup + node-limited M=1": _config(W, inter_node=inter, alltoall="node_dedup", max_nodes=1),
             "flat, c=4": _config(W, inter_node=inter, chunks=4),
             "flat, no emulated link": _config(W),
             "hierarchical, no emulated link": _config(W, alltoall="hierarchical"),
@@ -110,6 +114,19 @@ def section_network(bc) -> dict:
              flat=link["flat"]["inter_messages"], hierarchical=link["hierarchical"]["inter_messages"]),
         dict(name="inter-node bytes node-limited M=1 / unlimited", value=link["node-limited M=1"]["inter_bytes"] / link["flat"]["inter_bytes"],
              meaning="< 1: node-limited routing cuts inter-node bytes"),
+    ] + [
+        dict(name=f"inter-node bytes flat unlimited / {n}", value=link["flat"]["inter_bytes"] / link[n]["inter_bytes"],
+             flat=link["flat"]["inter_bytes"], bytes=link[n]["inter_bytes"],
+             messages=link[n]["inter_messages"], flat_messages=link["flat"]["inter_messages"],
+             meaning="> 1: this many times fewer inter-node bytes than the flat AlltoAll with unlimited routing "
+                     "(count exchange and send-once's routing metadata included)")
+        for n in ("node-dedup", "node-dedup + node-limited M=1")
+    ] + [
+        dict(name="inter-node bytes node-dedup: node-limited M=1 / unlimited",
+             value=link["node-dedup + node-limited M=1"]["inter_bytes"] / link["node-dedup"]["inter_bytes"],
+             meaning="< 1: with send once per node, node-limited routing cuts inter-node bytes"),
+        dict(name="node-dedup + node-limited M=1 / flat step time (emulated link)",
+             value=ratio(rec["node-dedup + node-limited M=1"], rec["flat"]), meaning="< 1: faster"),
         dict(name="share of the communication hidden behind the experts, c=4", value=hidden["flat, c=4"],
              c1=hidden["flat"], waiting_c1_s=rec["flat"]["waiting_s"], waiting_c4_s=rec["flat, c=4"]["waiting_s"],
              meaning="1 - time blocked / time in flight, from the ranks' timestamps (c=1 for comparison)"),
