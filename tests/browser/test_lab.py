@@ -6,15 +6,15 @@ finished for the slider's current value (asked through `kernel_eval`), so a slid
 without training, or a figure that shows a stale run, fails. The busiest GPU's share is also read
 from the drawn bars (received + dropped against the fair-share line).
 
-Open (issue 12), hence the xfail: after the chapter's run-all the lab's FigureWidgets were drawn empty
-in both runs made for this note (the load and dropped figures both times, all four once). Those hold plotly's empty opening
-state (layout `{}` and no traces, not even the template); showing `lab` again in a new cell draws new
-views that are empty too, so the page's models never got the figures' state, while the lab's other
-widgets (progress bar, status line) did update. No console error, no IOPub rate limit in the server
-log. In a short notebook (a Playground, then the lab, two α changes) the same happened to two or
-three of its nine FigureWidgets, different ones each run; chapter 3's Playground was hit too (2 of
-its 5 figures in one run of test_chapters.py). A lone FigureWidget in a box, redrawn with
-copy_figure and shown again in a new cell, draws its current figure.
+Open (issue 12), hence the xfail: after the chapter's run-all some of the lab's FigureWidgets are drawn
+empty, different ones each run (three runs in late 2026: the load figure alone; load and dropped;
+all four). An empty one holds plotly's opening state (layout `{}` and no traces, not even the
+template); showing `lab` again in a new cell drew new views that were empty too, so the page's
+widget models lacked the figures' state, while the lab's other widgets (progress bar, status line)
+updated. No console error, no IOPub rate limit in the server log. In a short notebook (a Playground,
+then the lab, two α changes) two or three of its nine FigureWidgets were hit, Playground ones too.
+A lone FigureWidget in a box, redrawn with copy_figure and shown again in a new cell, draws its
+current figure. Re-sending the whole figure state after every redraw did not help.
 """
 from __future__ import annotations
 
