@@ -3,7 +3,18 @@ and the load figure the browser drew goes from collapsed to balanced.
 
 Every check compares the bars the page shows (the plotly div's `gd.data`) with the run the kernel
 finished for the slider's current value (asked through `kernel_eval`), so a slider that moves
-without training, or a figure that shows a stale run, fails.
+without training, or a figure that shows a stale run, fails. The busiest GPU's share is also read
+from the drawn bars (received + dropped against the fair-share line).
+
+Open (issue 12), hence the xfail: after the chapter's run-all some of the lab's FigureWidgets are drawn
+empty, different ones each run (three runs in late 2026: the load figure alone; load and dropped;
+all four). An empty one holds plotly's opening state (layout `{}` and no traces, not even the
+template); showing `lab` again in a new cell drew new views that were empty too, so the page's
+widget models lacked the figures' state, while the lab's other widgets (progress bar, status line)
+updated. No console error, no IOPub rate limit in the server log. In a short notebook (a Playground,
+then the lab, two α changes) two or three of its nine FigureWidgets were hit, Playground ones too.
+A lone FigureWidget in a box, redrawn with copy_figure and shown again in a new cell, draws its
+current figure. Re-sending the whole figure state after every redraw did not help.
 """
 from __future__ import annotations
 
@@ -54,9 +65,13 @@ _LAB_JS = r"""
     if (!root) return {found: false};
     const load = Array.from(root.querySelectorAll('.js-plotly-plot'))
       .find((gd) => title(gd).includes('busiest GPU asked for'));
+    const drawn = load && load.data && load.data.length === 3;
+    // what each GPU was asked for: received (first bars) + dropped (stacked on top), against the fair-share line
+    const asked = drawn ? arr(load.data[0].y).map((v, i) => v + arr(load.data[1].y)[i]) : null;
     return {found: true, title: load ? title(load) : null,
             titles: Array.from(root.querySelectorAll('.js-plotly-plot')).map(title),
-            bars: load && load.data && load.data.length ? arr(load.data[0].y) : null};
+            bars: load && load.data && load.data.length ? arr(load.data[0].y) : null,
+            busiest: drawn ? Math.max(...asked) / arr(load.data[2].y)[0] : null};
   };
   window.__lab = {state};
   return true;
@@ -103,14 +118,14 @@ def settle(page, want, what: str) -> tuple[dict, dict]:
     assert kernel["error"] is None, f"{what}: the lab's run failed: {kernel['error']}"
     shown = poll(page, lambda: (lambda s: (s.get("bars") == kernel["bars"], s))(page.evaluate("() => window.__lab.state()")),
                  DRAW_TIMEOUT_S, f"{what}: drawn bars == kernel {kernel['bars']}")
-    print(f"{what}: alpha {kernel['alpha']}, busiest {kernel['busiest']:.2f}x fair share, bars {kernel['bars']} "
-          f"({time.monotonic() - t0:.1f} s)")
+    print(f"{what}: alpha {kernel['alpha']}, busiest {kernel['busiest']:.2f}x fair share (mean of the last steps; "
+          f"the drawn last step {shown['busiest']:.2f}x), bars {kernel['bars']} ({time.monotonic() - t0:.1f} s)")
     return kernel, shown
 
 
 @pytest.mark.timeout(900)
 @pytest.mark.xfail(strict=False, reason="open (issue 12): after chapter 3's run-all the lab's FigureWidgets are "
-                   "sometimes drawn empty (no title, no bars); the run passed its drag checks once and failed so twice")
+                   "drawn empty (the page's widget models lack the figures' state, see the module docstring)")
 def test_dragging_alpha_moves_the_load_from_collapsed_to_balanced(page, lab_server):
     test = "test_dragging_alpha_moves_the_load_from_collapsed_to_balanced"
     open_notebook(page, lab_server, LOAD_BALANCING)
@@ -120,8 +135,8 @@ def test_dragging_alpha_moves_the_load_from_collapsed_to_balanced(page, lab_serv
     page.evaluate(_LAB_JS)
     root = page.locator(".jp-Notebook .jp-OutputArea-output").filter(
         has=page.locator(".widget-label", has_text=re.compile(r"^\s*α \(aux loss weight\)")))
-    assert root.count() == 1, f"expected one lab output, found {root.count()}"
     alpha = root.locator(".widget-slider").filter(has=page.locator(".widget-label", has_text=re.compile(r"^\s*α")))
+    handle = alpha.locator(".noUi-handle")
     load = root.locator(".js-plotly-plot").filter(has_text="busiest GPU asked for")
 
     def drawn():  # a notebook lays out only what is near the window: bring the lab's figures into view
@@ -130,16 +145,21 @@ def test_dragging_alpha_moves_the_load_from_collapsed_to_balanced(page, lab_serv
         s = page.evaluate("() => window.__lab.state()")
         return s.get("bars") is not None, s
 
-    poll(page, drawn, DRAW_TIMEOUT_S * 2, "the lab's load figure drawn")
+    assert root.count() == 1, f"expected one lab output, found {root.count()}"
+    try:
+        poll(page, drawn, DRAW_TIMEOUT_S, "the lab's load figure drawn")
+    finally:
+        shoot(page, root, test, "lab.after_run_all")
     try:
         start, _ = settle(page, lambda k: True, "after run-all")
         default_alpha = start["alpha"]
         assert start["busiest"] <= 1.3, start  # the chapter left it at the default α: balanced
+        shoot(page, load, test, "load.after_run_all")
 
         # drag α's handle past the left end: α = 0, no balancing, the router stays collapsed
         drag_slider_to_minimum(page, alpha)
         collapsed, shown = settle(page, lambda k: k["alpha"] == 0.0, "alpha dragged to 0")
-        assert collapsed["busiest"] >= 2.0, collapsed
+        assert collapsed["busiest"] >= 2.0 and shown["busiest"] >= 2.0, (collapsed, shown)
         assert sum(shown["bars"]) < sum(start["bars"]), (start, shown)  # copies dropped at the full GPU
         shoot(page, load, test, "load.collapsed")
 
@@ -150,7 +170,7 @@ def test_dragging_alpha_moves_the_load_from_collapsed_to_balanced(page, lab_serv
             handle.press("ArrowRight")
             presses += 1
         balanced, shown = settle(page, lambda k: k["alpha"] == default_alpha, "alpha back to the default by keyboard")
-        assert balanced["busiest"] <= 1.3, balanced
+        assert balanced["busiest"] <= 1.3 and shown["busiest"] <= 1.3, (balanced, shown)
         assert shown["bars"] == balanced["bars"] != collapsed["bars"]
         assert sum(balanced["bars"]) > sum(collapsed["bars"])  # balanced: fewer copies dropped
         print(f"{presses} key presses: {balanced['runs'] - collapsed['runs']} runs finished, "
