@@ -107,8 +107,11 @@ def test_exercise_hides_solutions_and_hidden_tests_and_has_no_outputs(name):
             for line in hidden.splitlines():
                 if line.strip() and not line.strip().startswith("#"):
                     assert line not in cell.source.splitlines(), f"solution line leaked: {line!r}"
-            assert "raise NotImplementedError" in cell.source
-        if gen.is_grade_cell(src):
+            if gen.is_written_cell(src):  # the model answer and its rubric stay in solutions/
+                assert cell.source == gen.TEXT_STUB and not gen.is_answered(cell.source)
+            else:
+                assert "raise NotImplementedError" in cell.source
+        if gen.is_grade_cell(src) and not gen.is_written_cell(src):
             assert "HIDDEN" not in cell.source
             assert cell.source.strip(), "a check cell must keep its visible checks"
             assert gen.RUN_ALL_TAG in cell.metadata.get("tags", [])
@@ -143,7 +146,7 @@ def test_every_visible_check_uses_the_students_code(name):
         if gen.is_solution_cell(cell) and cell.cell_type == "code":
             student |= set(_functions(ast.parse(gen.python_source(cell.source))))
     for cell in exercise.cells:
-        if gen.is_grade_cell(cell):
+        if gen.is_grade_cell(cell) and cell.cell_type == "code":
             tree = ast.parse(cell.source)
             used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} - set(_functions(tree))
             assert used & student, f"{gen.grade_id(cell)} never uses {sorted(student)}"
@@ -165,13 +168,18 @@ def test_source_cells_carry_nbgrader_metadata(name):
     for cell in solutions:
         meta = gen.nbgrader_meta(cell)
         assert set(meta) == NBGRADER_KEYS
-        assert meta["solution"] is True and meta["grade"] is False and meta["locked"] is False
+        # a written answer is nbgrader's "manually graded answer": a solution that is also graded
+        assert meta["solution"] is True and meta["grade"] is gen.is_written_cell(cell) and meta["locked"] is False
         assert meta["schema_version"] == 3 and meta["task"] is False
     for cell in grades:
         meta = gen.nbgrader_meta(cell)
-        assert set(meta) == NBGRADER_KEYS
-        assert meta["locked"] is True and meta["solution"] is False and meta["points"] > 0
+        assert set(meta) == NBGRADER_KEYS and meta["points"] > 0
+        if gen.is_written_cell(cell):
+            assert meta["locked"] is False and gen.BEGIN_SOLUTION in cell.source, "a written answer carries its rubric"
+        else:
+            assert meta["locked"] is True and meta["solution"] is False
     assert any(gen.BEGIN_HIDDEN in c.source for c in grades), "each exercise keeps some checks hidden"
+    assert any(c.cell_type == "code" for c in grades), "each exercise has a part its checks grade"
     assert not any(c.get("outputs") for c in nb.cells), "commit solutions without outputs"
 
 
@@ -258,6 +266,31 @@ def test_markers_outside_marked_cells_and_points_are_checked():
                          "solution": False, "task": False}}
     with pytest.raises(ValueError, match="points > 0"):
         gen.check_source(notebook(meta, "assert 1"))
+
+
+def test_a_written_answer_is_a_markdown_solution_and_grade_cell_whose_rubric_stays_hidden():
+    def meta(**kw):
+        m = {"grade": True, "grade_id": "w", "locked": False, "points": 3, "schema_version": 3,
+             "solution": True, "task": False}
+        return {"nbgrader": {**m, **kw}}
+
+    rubric = "### BEGIN SOLUTION\nModel answer; rubric: 1 point per reason.\n### END SOLUTION"
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(rubric, metadata=meta())])
+    gen.check_source(nb)  # allowed: nbgrader's "manually graded answer"
+    [cell] = gen.make_exercise(nb).cells
+    assert cell.source == "YOUR ANSWER HERE" and "raises-exception" not in cell.metadata.get("tags", [])
+    assert gen.written_parts(nb) == [("w", 3.0, True)]
+    for blank in ("YOUR ANSWER HERE", "  \n", "YOUR ANSWER HERE\n\n"):
+        assert not gen.is_answered(blank)
+    assert gen.is_answered("YOUR ANSWER HERE\nTwo experts per GPU.")
+    with pytest.raises(ValueError, match="must not be locked"):
+        gen.check_source(nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(rubric, metadata=meta(locked=True))]))
+    with pytest.raises(ValueError, match="only its solution block"):  # else an untouched copy looks answered
+        gen.check_source(nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("Say why.\n" + rubric, metadata=meta())]))
+    with pytest.raises(ValueError, match="also be a solution"):
+        gen.check_source(nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("x", metadata=meta(solution=False))]))
+    with pytest.raises(ValueError, match="code cell cannot be both"):
+        gen.check_source(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1", metadata=meta())]))
 
 
 def test_invalid_source_makes_the_command_fail_with_a_message(tmp_path):

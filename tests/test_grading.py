@@ -68,6 +68,11 @@ def parts_of(exercise: str) -> dict[str, float]:
     return dict(gen.graded_parts(read(SOLUTIONS / exercise)))
 
 
+def written_of(exercise: str) -> dict[str, float]:
+    """The parts graded by hand (written answers): in the maximum, never in the grader's score."""
+    return {gid: pts for gid, pts, _ in gen.written_parts(read(SOLUTIONS / exercise))}
+
+
 # A wrong top_k_gating: every check it meets fails.
 WRONG_TOP_K = '''
 def top_k_gating(logits, k):
@@ -159,16 +164,19 @@ def test_grading_completes_with_exit_code_zero(main_run):
 @pytest.mark.parametrize("name", SOLUTION_NAMES)
 def test_every_solution_scores_full_marks(main_run, name):
     r = row(main_run, f"solved/{name}")
-    parts = parts_of(name)
-    assert float(r["score"]) == float(r["max_score"]) == sum(parts.values()), r
+    parts, written = parts_of(name), written_of(name)
+    assert float(r["max_score"]) == sum(parts.values()), r
+    assert float(r["score"]) == sum(parts.values()) - sum(written.values()), r
+    assert float(r["by_hand"]) == sum(written.values()), r  # the written answers wait for a person
     for gid, points in parts.items():
-        assert float(r[gid]) == points, (gid, r)
+        assert r[gid] == "" if gid in written else float(r[gid]) == points, (gid, r)
 
 
 @pytest.mark.parametrize("name", SOLUTION_NAMES)
 def test_every_untouched_exercise_scores_zero_on_every_part(main_run, name):
     r = row(main_run, f"untouched/{name}")
     assert float(r["score"]) == 0 and float(r["max_score"]) == sum(parts_of(name).values())
+    assert float(r["by_hand"]) == 0  # an untouched written answer is "not answered": nothing to grade
     for gid in parts_of(name):
         assert float(r[gid]) == 0, (gid, r)
     assert "NotImplementedError" in block(main_run["table"], f"untouched/{name}")
@@ -205,7 +213,7 @@ def test_a_kernel_killed_by_the_submission_keeps_what_was_earned(main_run):
 
 def test_csv_has_one_row_per_notebook_and_one_column_per_part(main_run):
     expected_parts = [gid for name in SOLUTION_NAMES for gid in parts_of(name)]
-    assert main_run["header"] == ["notebook", "score", "max_score", *expected_parts]
+    assert main_run["header"] == ["notebook", "score", "max_score", "by_hand", *expected_parts]
     assert len(main_run["rows"]) == 2 * len(SOLUTION_NAMES) + 5
     one = row(main_run, "untouched/ex4_alltoall_splits.ipynb")
     assert one["ex1_choices"] == "" and one["ex4_send_counts"] == "0"  # parts of other notebooks stay empty
@@ -314,8 +322,8 @@ def test_unreadable_and_unknown_notebooks_are_reported_not_fatal(tmp_path):
     assert "not an exercise" in by_name["scratch.ipynb"].note
     out = tmp_path / "scores.csv"
     grading.write_csv(results, out)
-    assert out.read_text().splitlines()[0] == "notebook,score,max_score,ex1_choices,ex1_gates,ex1_ties"
-    assert re.search(r"scratch\.ipynb,0,,", out.read_text())
+    assert out.read_text().splitlines()[0] == "notebook,score,max_score,by_hand,ex1_choices,ex1_gates,ex1_ties"
+    assert re.search(r"scratch\.ipynb,0,,,", out.read_text())
 
 
 def test_score_table_lists_every_part_and_the_total():
@@ -326,7 +334,30 @@ def test_score_table_lists_every_part_and_the_total():
     table = grading.format_table([result])
     assert "ex4_send_counts" in table and "3 / 3" in table
     assert "0 / 2" in table and "AssertionError: rank 0 receives 5" in table
-    assert re.search(r"total\s+3 / 5", table)
+    assert re.search(r"total\s+3 / 5$", table, re.MULTILINE)
+
+
+def test_a_written_part_is_neither_scored_nor_zero_and_the_total_says_what_is_left(tmp_path):
+    """A written answer waits for a person: "-" in the table, empty in its CSV column, in by_hand."""
+    result = grading.Result("sub/ex14_place_the_experts.ipynb", "ex14_place_the_experts.ipynb", [
+        grading.Part("ex14_traffic", 2, 2, "passed"),
+        grading.Part("ex14_design", 4, 0, "needs manual grading", "a written answer"),
+    ])
+    empty = grading.Result("sub2/ex14_place_the_experts.ipynb", "ex14_place_the_experts.ipynb", [
+        grading.Part("ex14_traffic", 2, 0, "failed", "AssertionError"),
+        grading.Part("ex14_design", 4, 0, "not answered", "the answer cell is empty"),
+    ])
+    assert (result.score, result.max_score, result.by_hand) == (2, 6, 4)
+    assert (empty.score, empty.max_score, empty.by_hand) == (0, 6, 0)
+    table = grading.format_table([result, empty])
+    assert re.search(r"ex14_design\s+- / 4\s+needs manual grading", table)
+    assert re.search(r"total\s+2 / 6\s+\+ 4 points graded by hand", table)
+    assert re.search(r"ex14_design\s+0 / 4\s+not answered", table) and re.search(r"total\s+0 / 6$", table, re.M)
+    out = tmp_path / "scores.csv"
+    grading.write_csv([result, empty], out)
+    assert out.read_text().splitlines() == ["notebook,score,max_score,by_hand,ex14_traffic,ex14_design",
+                                            "sub/ex14_place_the_experts.ipynb,2,6,4,2,",
+                                            "sub2/ex14_place_the_experts.ipynb,0,6,0,0,0"]
 
 
 def test_a_deep_copy_of_the_source_is_graded_not_the_source_itself():

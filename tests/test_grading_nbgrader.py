@@ -18,8 +18,9 @@ import pytest
 pytest.importorskip("nbgrader", reason="the optional extra `nbgrader` is not installed (make test installs it)")
 
 REPO = Path(__file__).resolve().parents[1]
-# the two cheapest exercises: kernels start once per notebook per student
-NAMES = ["ex1_top_k_gating", "ex4_alltoall_splits"]
+# the cheapest exercises (kernels start once per notebook per student), and ex14 for its written answer
+NAMES = ["ex1_top_k_gating", "ex4_alltoall_splits", "ex14_place_the_experts"]
+WRITTEN = 4  # ex14's points graded by hand: nbgrader leaves them to a person, as `moe_lab grade` does
 
 
 def nbgrader(course: Path, *args: str) -> str:
@@ -57,5 +58,10 @@ def test_nbgrader_autograde_gives_solutions_full_marks_and_stubs_zero(tmp_path):
         solved = gb.find_submission("ps1", "solved")
         stub = gb.find_submission("ps1", "stub")
         assert solved.max_score == sum(nb.max_score for nb in solved.notebooks) > 0
-        assert solved.score == solved.max_score, [(n.name, n.score) for n in solved.notebooks]
+        assert solved.score == solved.max_score - WRITTEN, [(n.name, n.score) for n in solved.notebooks]
         assert stub.score == 0, [(n.name, n.score) for n in stub.notebooks]
+        # the written answer: waiting for a person when written, 0 at once when left as the stub
+        written = gb.find_grade("ex14_design", "ex14_place_the_experts", "ps1", "solved")
+        assert written.needs_manual_grade and written.auto_score is None and written.max_score == WRITTEN
+        untouched = gb.find_grade("ex14_design", "ex14_place_the_experts", "ps1", "stub")
+        assert not untouched.needs_manual_grade and untouched.score == 0

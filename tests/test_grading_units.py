@@ -199,3 +199,32 @@ def test_every_exercise_declares_what_its_answers_may_not_call():
         for name in names:
             module, _, attr = name.rpartition(".")
             assert hasattr(__import__(module, fromlist=[attr]), attr), name
+
+
+# --------------------------------------------------------------------------- the self-check
+
+
+def test_the_self_check_reports_a_written_answer_as_the_grader_does(tmp_path):
+    """check_exercise(): the code part earns its points; the written part is "not answered" (0) while
+    its cell holds the stub and "needs manual grading" (None: not known yet) once written."""
+    name = "ex14_place_the_experts.ipynb"
+    nb = nbformat.read(str(EXERCISES / name), as_version=4)
+    ns: dict = {}
+    solved = next(c for c in nbformat.read(str(SOLUTIONS / name), as_version=4).cells
+                  if gen.grade_id(c) == "ex14_traffic_solution")
+    for cell in nb.cells:
+        if cell.cell_type == "code" and not gen.is_grade_cell(cell) and "check_exercise(" not in cell.source:
+            exec(gen.python_source(cell.source), ns)
+    exec(gen.python_source(solved.source), ns)
+    path = tmp_path / name
+    nbformat.write(nb, str(path))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert grading.check_exercise(path, namespace=ns) == {"ex14_traffic": 2.0, "ex14_design": 0.0}
+    assert "not answered" in out.getvalue() and "visible checks: 2 / 6 points (" in out.getvalue()
+    next(c for c in nb.cells if gen.grade_id(c) == "ex14_design").source = "Two experts per GPU, because ..."
+    nbformat.write(nb, str(path))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert grading.check_exercise(path, namespace=ns) == {"ex14_traffic": 2.0, "ex14_design": None}
+    assert "needs manual grading" in out.getvalue() and "2 / 6 points + 4 points graded by hand" in out.getvalue()

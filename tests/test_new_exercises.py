@@ -1,11 +1,14 @@
-"""Exercises 10-13 are graded by what the answers do: each solution earns every point, each untouched
+"""Exercises 10-14 are graded by what the answers do: each solution earns every point, each untouched
 stub none, and an answer built on a real misconception less than full. One `grade` call grades all of
-them (two at a time); exercises 11-13 start a 4-rank Cluster in the graded kernel."""
+them (two at a time); exercises 11-13 start a 4-rank Cluster in the graded kernel. Exercise 14's
+written answer is never scored by code: "needs manual grading" when written, "not answered" (0) when
+its cell holds only the stub or nothing."""
 from __future__ import annotations
 
 import contextlib
 import csv
 import io
+import re
 from pathlib import Path
 
 import nbformat
@@ -20,7 +23,9 @@ NEW = {  # exercise -> its maximum score
     "ex11_bias_balancing.ipynb": 6,
     "ex12_find_the_bug.ipynb": 5,
     "ex13_predict_the_alltoall.ipynb": 5,
+    "ex14_place_the_experts.ipynb": 6,
 }
+WRITTEN = {"ex14_place_the_experts.ipynb": 4}  # points graded by hand, in the maximum above
 
 # ex10: a GPU's bytes "on the wire" counted as its whole payload, forgetting that the copies bound for
 # its own expert never leave it.
@@ -108,6 +113,15 @@ def send_counts(used, world_size, num_experts):
 '''.strip()
 
 
+# ex14: the token's own node counted among the other nodes it can reach (M copies with M = n).
+HOME_NODE_COUNTED = '''
+def node_traffic(k, num_experts, nodes, max_nodes):
+    return min(k, max_nodes * (num_experts // nodes)), min(max_nodes, k)
+'''.strip()
+
+A_WRITTEN_ANSWER = "Two experts per GPU, 16 per node; each node one routing group, so M = 2 caps the copies."
+
+
 def answer(name: str, gid: str) -> str:
     """The source's answer for one cell, markers removed: what a student who solved it would submit."""
     cell = next(c for c in gen.read_notebook(REPO / "solutions" / name).cells if gen.grade_id(c) == gid)
@@ -125,8 +139,13 @@ def submission(name: str, answers: dict) -> nbformat.NotebookNode:
 
 
 def subs() -> dict:
-    ex10, ex11, ex12, ex13 = NEW
+    ex10, ex11, ex12, ex13, ex14 = NEW
     return {
+        ("solved", ex14): gen.read_notebook(REPO / "solutions" / ex14),
+        ("untouched", ex14): gen.read_notebook(REPO / "exercises" / ex14),
+        ("home_node", ex14): submission(ex14, {"ex14_traffic_solution": HOME_NODE_COUNTED,
+                                               "ex14_design": A_WRITTEN_ANSWER}),
+        ("emptied", ex14): submission(ex14, {"ex14_design": "\n"}),  # the stub deleted, nothing written
         ("solved", ex13): gen.read_notebook(REPO / "solutions" / ex13),
         ("untouched", ex13): gen.read_notebook(REPO / "exercises" / ex13),
         ("round_robin", ex13): submission(ex13, {"ex13_send_counts_solution": ROUND_ROBIN}),
@@ -146,30 +165,71 @@ def subs() -> dict:
 
 
 @pytest.fixture(scope="module")
-def rows(tmp_path_factory):
+def graded(tmp_path_factory):
     root = tmp_path_factory.mktemp("new_exercises")
     for (who, name), nb in subs().items():
         (root / who).mkdir(exist_ok=True)
         nbformat.write(nb, str(root / who / name))
     out = root / "scores.csv"
-    with contextlib.redirect_stdout(io.StringIO()):
+    table = io.StringIO()
+    with contextlib.redirect_stdout(table):
         code = grading.main(["grade", str(root), "--out", str(out), "--solutions", str(REPO / "solutions"),
                              "--jobs", "2", "--cell-timeout", "90", "--timeout", "240"])
     assert code == 0
     with open(out, newline="", encoding="utf-8") as f:
-        return {(Path(r["notebook"]).relative_to(root).parts[0], Path(r["notebook"]).name): r for r in csv.DictReader(f)}
+        rows = {(Path(r["notebook"]).relative_to(root).parts[0], Path(r["notebook"]).name): r for r in csv.DictReader(f)}
+    return rows, table.getvalue()
+
+
+@pytest.fixture(scope="module")
+def rows(graded):
+    return graded[0]
+
+
+def block(table: str, who: str, name: str) -> str:
+    """The score table's lines for one notebook."""
+    lines = table.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.replace("\\", "/").endswith(f"{who}/{name}"))
+    end = next(i for i in range(start, len(lines)) if not lines[i].strip())
+    return "\n".join(lines[start:end])
 
 
 @pytest.mark.parametrize("name", NEW)
 def test_solution_scores_full_marks(rows, name):
+    """Every point the checks can give; a written part is left to a person (by_hand), not scored."""
     r = rows["solved", name]
-    assert float(r["score"]) == float(r["max_score"]) == NEW[name], r
+    assert float(r["max_score"]) == NEW[name] and float(r["by_hand"]) == WRITTEN.get(name, 0), r
+    assert float(r["score"]) == NEW[name] - WRITTEN.get(name, 0), r
 
 
 @pytest.mark.parametrize("name", NEW)
 def test_untouched_stub_scores_zero(rows, name):
     r = rows["untouched", name]
-    assert float(r["score"]) == 0 and float(r["max_score"]) == NEW[name], r
+    assert float(r["score"]) == 0 and float(r["max_score"]) == NEW[name] and float(r["by_hand"]) == 0, r
+
+
+def test_ex14_the_written_answer_needs_manual_grading_and_the_auto_part_is_scored(graded):
+    rows, table = graded
+    r = rows["solved", "ex14_place_the_experts.ipynb"]
+    assert (r["ex14_traffic"], r["ex14_design"], r["by_hand"]) == ("2", "", "4"), r  # neither 0 nor 4 yet
+    text = block(table, "solved", "ex14_place_the_experts.ipynb")
+    assert re.search(r"ex14_design\s+- / 4\s+needs manual grading", text), text
+    assert re.search(r"total\s+2 / 6\s+\+ 4 points graded by hand", text), text
+    assert re.search(r"graded: [\d.]+ / [\d.]+ points \+ 8 points of written answers to grade by hand", table)
+
+
+def test_ex14_an_untouched_or_emptied_answer_cell_is_not_answered_and_scores_zero(graded):
+    rows, table = graded
+    for who in ("untouched", "emptied"):
+        r = rows[who, "ex14_place_the_experts.ipynb"]
+        assert (r["ex14_design"], r["by_hand"]) == ("0", "0"), (who, r)
+        assert re.search(r"ex14_design\s+0 / 4\s+not answered", block(table, who, "ex14_place_the_experts.ipynb"))
+    assert rows["emptied", "ex14_place_the_experts.ipynb"]["ex14_traffic"] == "2"  # the code part was solved
+
+
+def test_ex14_counting_the_tokens_own_node_as_another_loses_the_traffic_points(rows):
+    r = rows["home_node", "ex14_place_the_experts.ipynb"]
+    assert (r["ex14_traffic"], r["ex14_design"], r["by_hand"], r["score"]) == ("0", "", "4", "0"), r
 
 
 def test_ex10_counting_the_gpus_own_share_as_sent_loses_the_bytes_points_only(rows):

@@ -18,6 +18,11 @@ The student copy in `exercises/` replaces each solution block by a stub that rai
 hidden tests, and clears outputs. Output is byte-for-byte deterministic, so `--check` can tell
 when `exercises/` has drifted from `solutions/`.
 
+A markdown cell that is both a solution and a grade cell is a *written answer* (nbgrader's "manually
+graded answer"): its solution block holds the model answer and the rubric, the student copy holds
+"YOUR ANSWER HERE", and the grader reports it as "needs manual grading" (or "not answered", 0 points,
+when the cell still holds only the stub) instead of scoring it.
+
 A solution cell may start with a cell magic, `%%writefile student_dispatch.py`: an exercise whose
 code must run on the ranks of a Cluster, which import functions by module name. The magic line stays
 in the student copy, so the student's cell writes the same module; `python_source` gives the cell's
@@ -39,6 +44,7 @@ RUN_ALL_TAG = "raises-exception"
 _DEF = re.compile(r"^(\s*)(?:async\s+)?def\s+(\w+)\s*\(")
 _TOP_LEVEL_DEF = re.compile(r"^(?:async\s+def|def|class)\s+(\w+)", re.MULTILINE)
 _CELL_MAGIC = re.compile(r"^\s*%%\w+")
+TEXT_STUB = "YOUR ANSWER HERE"  # what the student copy of a written answer holds (nbgrader's text stub)
 
 
 def nbgrader_meta(cell) -> dict:
@@ -55,6 +61,18 @@ def is_grade_cell(cell) -> bool:
     return bool(nbgrader_meta(cell).get("grade"))
 
 
+def is_written_cell(cell) -> bool:
+    """A written answer, graded by hand: a markdown cell that is both a solution and a grade cell
+    (nbgrader's "manually graded answer"). The grader reports it, it never scores it."""
+    return cell.get("cell_type") == "markdown" and is_solution_cell(cell) and is_grade_cell(cell)
+
+
+def is_answered(text: str) -> bool:
+    """Whether a written answer cell holds an answer: anything but the blank stub. An untouched cell
+    scores 0 at once, as nbgrader does for an answer whose checksum is unchanged."""
+    return bool(text.replace(TEXT_STUB, "").strip())
+
+
 def grade_id(cell) -> str | None:
     gid = nbgrader_meta(cell).get("grade_id")
     return gid if isinstance(gid, str) and gid else None
@@ -68,8 +86,15 @@ def python_source(source: str) -> str:
 
 
 def graded_parts(nb) -> list[tuple[str, float]]:
-    """(grade_id, points) of every grade cell, in notebook order: the parts a notebook is scored on."""
+    """(grade_id, points) of every grade cell, in notebook order: the parts a notebook is scored on
+    (written answers included: their points count in the exercise's total, graded by hand)."""
     return [(grade_id(c), float(nbgrader_meta(c).get("points", 0))) for c in nb.cells if is_grade_cell(c)]
+
+
+def written_parts(graded) -> list[tuple[str, float, bool]]:
+    """(grade_id, points, answered) of every written answer of an assembled notebook (`assemble`)."""
+    return [(grade_id(c), float(nbgrader_meta(c).get("points", 0)), is_answered(c.source))
+            for c in graded.cells if is_written_cell(c)]
 
 
 def _blocks(lines: list[str], begin: str, end: str, where: str) -> list[tuple[int, int]]:
@@ -121,7 +146,7 @@ def stub_solution(source: str, cell_type: str = "code", where: str = "cell") -> 
             what = f"write the body of {name}()" if name else "write your solution"
             out += [f"{indent}# YOUR CODE HERE", f'{indent}raise NotImplementedError("{what}")']
         else:
-            out.append("YOUR ANSWER HERE")
+            out.append(TEXT_STUB)
         prev = last + 1
     out += lines[prev:]
     return "\n".join(out).strip("\n")
@@ -157,13 +182,21 @@ def check_source(nb, name: str = "notebook") -> None:
         if hidden_blocks and not is_grade_cell(cell):
             raise ValueError(f"{where}: has '{BEGIN_HIDDEN}' but is not a grade cell (nbgrader grade=true)")
         if is_grade_cell(cell):
-            if cell.cell_type != "code":
-                raise ValueError(f"{where}: a grade cell must be a code cell")
+            if cell.cell_type not in ("code", "markdown"):
+                raise ValueError(f"{where}: a grade cell must be a code cell (or a markdown written answer)")
             points = meta.get("points")
             if isinstance(points, bool) or not isinstance(points, (int, float)) or points <= 0:
                 raise ValueError(f"{where}: grade cell {grade_id(cell)!r} needs points > 0, got {points!r}")
-            if is_solution_cell(cell):
-                raise ValueError(f"{where}: a cell cannot be both a solution and a grade cell here")
+            if cell.cell_type == "code" and is_solution_cell(cell):
+                raise ValueError(f"{where}: a code cell cannot be both a solution and a grade cell here "
+                                 "(only a markdown cell can: a written answer, graded by hand)")
+            if cell.cell_type == "markdown" and not is_solution_cell(cell):
+                raise ValueError(f"{where}: a markdown grade cell must also be a solution cell (a written answer)")
+            if cell.cell_type == "markdown" and meta.get("locked"):
+                raise ValueError(f"{where}: a written answer cell must not be locked (the student writes in it)")
+            if cell.cell_type == "markdown" and stub_solution(src, "markdown", where) != TEXT_STUB:
+                raise ValueError(f"{where}: a written answer cell holds only its solution block (put the question "
+                                 "in a cell above): the student copy must be the bare stub, so an untouched one is told apart")
 
 
 def make_exercise(nb, name: str = "notebook"):
@@ -182,7 +215,7 @@ def make_exercise(nb, name: str = "notebook"):
         if is_solution_cell(cell):
             cell.source = stub_solution(cell.source, cell.cell_type, where)
         cell.source = strip_hidden_tests(cell.source, where)
-        if is_grade_cell(cell):
+        if is_grade_cell(cell) and cell.cell_type == "code":
             tags = list(cell.metadata.get("tags", []))
             if RUN_ALL_TAG not in tags:
                 cell.metadata["tags"] = tags + [RUN_ALL_TAG]

@@ -15,6 +15,8 @@ taken from the submission; every check comes from the source. Each submission ge
     grade cell passed                       -> its points
     failed / timed out / used the library   -> 0, with the check's own message
     kernel died                             -> 0 for that part and every part after it
+    written answer (markdown, by hand)      -> "needs manual grading": no points yet, counted in
+                                               `by_hand`; "not answered" (only the stub): 0
 
     python -m moe_lab grade submissions/ --out scores.csv [--jobs 2] [--memory 4G]
     python -m moe_lab make-exercises [--check]
@@ -35,7 +37,7 @@ from pathlib import Path
 
 from ..paths import PACKAGE_DIR, repo_root
 from . import generate as gen
-from .report import Part, Result, _num, format_table, write_csv
+from .report import MANUAL, UNANSWERED, Part, Result, _num, format_table, write_csv
 from .sandbox import why_no_sandbox
 
 DEFAULT_CELL_TIMEOUT = 60.0
@@ -169,8 +171,20 @@ def _judge_one(path: Path, name: str, source_path: Path, warnings: list[str], li
     return out
 
 
-def _result(path: Path, name: str, source, out: dict) -> Result:
+def _written(source, submission, name: str) -> list[Part]:
+    """The written answers, read from the submission here (no kernel needed): never scored by the grader."""
+    parts = []
+    for gid, pts, answered in gen.written_parts(gen.assemble(source, submission, name)):
+        if answered:
+            parts.append(Part(gid, pts, 0.0, MANUAL, f"a written answer: its {_num(pts)} points are graded by hand"))
+        else:
+            parts.append(Part(gid, pts, 0.0, UNANSWERED, "the answer cell is empty (only the stub): 0 points"))
+    return parts
+
+
+def _result(path: Path, name: str, source, out: dict, written: list[Part] = ()) -> Result:
     parts = [Part(p["grade_id"], p["max_points"], p["points"], p["status"], p["message"]) for p in out.get("parts", [])]
+    parts += [p for p in written if p.grade_id not in {q.grade_id for q in parts}]
     graded = {p.grade_id for p in parts}
     for gid, pts in gen.graded_parts(source):  # parts the judge never reached
         if gid not in graded:
@@ -228,7 +242,8 @@ def grade(paths, solutions_dir, cell_timeout=DEFAULT_CELL_TIMEOUT, notebook_time
         else:
             warnings = gen.duplicated_answers(sources[name], submission)
             r = _result(path, name, sources[name],
-                        _judge_one(path, name, Path(solutions_dir) / name, warnings, limits, scratch))
+                        _judge_one(path, name, Path(solutions_dir) / name, warnings, limits, scratch),
+                        _written(sources[name], submission, name))
         with lock:
             results[i] = r
             if on_result:
@@ -290,7 +305,9 @@ def _cmd_grade(args) -> int:
     print(format_table(results, unsafe=args.unsafe))
     total = sum(r.score for r in results)
     possible = sum(r.max_score or 0 for r in results)
-    print(f"{len(results)} notebook(s) graded: {_num(total)} / {_num(possible)} points")
+    by_hand = sum(r.by_hand for r in results)
+    print(f"{len(results)} notebook(s) graded: {_num(total)} / {_num(possible)} points"
+          + (f" + {_num(by_hand)} points of written answers to grade by hand" if by_hand else ""))
     if args.out:
         write_csv(results, args.out)
         os.unlink(f"{args.out}.progress.jsonl")
@@ -330,7 +347,7 @@ def add_parsers(subparsers) -> None:
     """The `grade` and `make-exercises` subcommands of `python -m moe_lab`."""
     g = subparsers.add_parser("grade", help="grade exercise notebooks against solutions/, each in a sandbox")
     g.add_argument("paths", nargs="+", help="submitted notebooks, or folders of them")
-    g.add_argument("--out", help="write one CSV row per notebook: notebook, score, max_score, one column per part")
+    g.add_argument("--out", help="write one CSV row per notebook: notebook, score, max_score, by_hand, one column per part")
     g.add_argument("--cell-timeout", type=float, default=DEFAULT_CELL_TIMEOUT, metavar="S",
                    help=f"seconds one cell may run (default {DEFAULT_CELL_TIMEOUT:g})")
     g.add_argument("--timeout", type=float, default=DEFAULT_NOTEBOOK_TIMEOUT, metavar="S",

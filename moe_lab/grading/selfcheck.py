@@ -8,6 +8,10 @@ so it checks the answers the kernel holds now, and prints each part's points: a 
 points when its checks pass, as in the grader. The grader also runs hidden checks on other inputs,
 so this predicts the grade without promising it. Works from any folder; needs nothing from
 solutions/ (the student's copy has no hidden checks to run).
+
+A written answer (a markdown answer cell, graded by hand) is reported as the grader reports it:
+"needs manual grading" once the cell holds an answer (None in the returned dict: not yet known),
+"not answered" (0) while it holds only "YOUR ANSWER HERE".
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import sys
 from pathlib import Path
 
 from . import generate as gen
+from .report import MANUAL, UNANSWERED
 
 
 def _find_notebook(ns: dict) -> Path:
@@ -62,18 +67,27 @@ def _defined(cell, ns: dict) -> bool:
 
 
 def check_exercise(notebook=None, namespace: dict | None = None) -> dict:
-    """Run the notebook's visible checks on the kernel's answers; print and return {part: points}."""
+    """Run the notebook's visible checks on the kernel's answers; print and return {part: points}
+    (None for a written answer that waits for a person)."""
     if namespace is None:
         namespace = sys._getframe(1).f_globals  # the notebook's globals, where the answers live
     # the name the notebook passes; a student's renamed copy is found by the answers it defines
     path = Path(notebook) if notebook and Path(notebook).is_file() else _find_notebook(namespace)
     nb = gen.read_notebook(path)
-    earned, possible = {}, 0.0
+    earned, possible, by_hand = {}, 0.0, 0.0
     for cell in nb.cells:
         if not gen.is_grade_cell(cell):
             continue
         gid, points = gen.grade_id(cell), float(gen.nbgrader_meta(cell).get("points", 0))
         possible += points
+        if gen.is_written_cell(cell):  # read as saved on disk: save the notebook first
+            if gen.is_answered(cell.source):
+                print(f"✎ {gid:<24} - / {points:g}   {MANUAL}: a person grades this written answer")
+                earned[gid], by_hand = None, by_hand + points
+            else:
+                print(f"✗ {gid:<24} 0 / {points:g}   {UNANSWERED}: write your answer in its cell (then save)")
+                earned[gid] = 0.0
+            continue
         source = gen.strip_hidden_tests(cell.source)
         try:
             with contextlib.redirect_stdout(io.StringIO()):
@@ -85,6 +99,7 @@ def check_exercise(notebook=None, namespace: dict | None = None) -> dict:
         else:
             print(f"✓ {gid:<24} {points:g} / {points:g}")
             earned[gid] = points
-    print(f"visible checks: {sum(earned.values()):g} / {possible:g} points "
+    hand = f" + {by_hand:g} points graded by hand" if by_hand else ""
+    print(f"visible checks: {sum(v for v in earned.values() if v):g} / {possible:g} points{hand} "
           "(the grader also runs hidden checks on other inputs)")
     return earned
