@@ -26,6 +26,7 @@ NEW = {  # exercise -> its maximum score
     "ex14_place_the_experts.ipynb": 6,
 }
 WRITTEN = {"ex14_place_the_experts.ipynb": 4}  # points graded by hand, in the maximum above
+EX6 = "ex6_distributed_dispatch.ipynb"  # reworked: the student writes the send layout (its misconception below)
 
 # ex10: a GPU's bytes "on the wire" counted as its whole payload, forgetting that the copies bound for
 # its own expert never leave it.
@@ -119,6 +120,21 @@ def node_traffic(k, num_experts, nodes, max_nodes):
     return min(k, max_nodes * (num_experts // nodes)), min(max_nodes, k)
 '''.strip()
 
+# ex6: the send buffer sorted by expert, then by token instead of by slot: every row reaches the right
+# rank and the right expert (so the round trip still matches), but not in the layout the receiver reads.
+TOKEN_ORDER = '''
+%%writefile student_layout.py
+import torch
+
+
+def send_layout(expert, slot, num_experts, world_size):
+    flat = expert.reshape(-1)
+    kept = torch.nonzero(flat >= 0).squeeze(1)
+    order = kept[torch.argsort(flat[kept], stable=True)]
+    per_expert = torch.bincount(flat[kept], minlength=num_experts)
+    return order, per_expert.view(world_size, -1).sum(1)
+'''.strip()
+
 A_WRITTEN_ANSWER = "Two experts per GPU, 16 per node; each node one routing group, so M = 2 caps the copies."
 
 
@@ -146,6 +162,7 @@ def subs() -> dict:
         ("home_node", ex14): submission(ex14, {"ex14_traffic_solution": HOME_NODE_COUNTED,
                                                "ex14_design": A_WRITTEN_ANSWER}),
         ("emptied", ex14): submission(ex14, {"ex14_design": "\n"}),  # the stub deleted, nothing written
+        ("token_order", EX6): submission(EX6, {"ex6_layout_solution": TOKEN_ORDER}),
         ("solved", ex13): gen.read_notebook(REPO / "solutions" / ex13),
         ("untouched", ex13): gen.read_notebook(REPO / "exercises" / ex13),
         ("round_robin", ex13): submission(ex13, {"ex13_send_counts_solution": ROUND_ROBIN}),
@@ -272,3 +289,10 @@ def test_ex13_round_robin_placement_predicts_the_wrong_matrix(rows):
 def test_every_new_exercise_says_the_library_answer_earns_nothing(name):
     intro = gen.read_notebook(REPO / "exercises" / name).cells[0].source
     assert "earns nothing" in intro and "How this notebook is graded" in intro
+
+
+def test_ex6_a_send_buffer_in_token_order_inside_each_expert_fails_the_layout_but_not_the_round_trip(rows):
+    """The misconception survives the round trip (rows come back the way they left), so only the layout
+    checks, on the ranks against the reference's receive buffers, can catch it."""
+    r = rows["token_order", EX6]
+    assert (r["ex6_layout"], r["ex6_dispatch"], r["ex6_combine"], r["ex6_round_trip"]) == ("0", "0", "0", "1"), r
