@@ -277,7 +277,7 @@ def _cmd_grade(args) -> int:
         print(f"graded {r.notebook}: {_num(r.score)} / {_num(r.max_score) or '-'}", file=sys.stderr, flush=True)
         if progress:
             progress.write(json.dumps({"notebook": r.notebook, "source": r.source, "score": r.score,
-                                       "parts": {p.grade_id: p.points for p in r.parts}}) + "\n")
+                                       "parts": {p.grade_id: None if p.by_hand else p.points for p in r.parts}}) + "\n")
             progress.flush()
 
     def report(text: str) -> None:
