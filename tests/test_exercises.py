@@ -302,3 +302,66 @@ def test_invalid_source_makes_the_command_fail_with_a_message(tmp_path):
     nbformat.write(nb, str(src / NAMES[0]))
     code, out = run_cli("make-exercises", "--solutions", str(src), "--exercises", str(tmp_path / "exercises"))
     assert code == 2 and "never closed" in out
+
+
+# --------------------------------------------------------------------------- what a failing check says
+
+
+def _visible_check(name: str, gid: str, answer: str) -> str:
+    """Run the setup cells, `answer`, then one check cell's visible part in one namespace (no kernel):
+    the message the student would read, or "" when it passes."""
+    nb = read(SOLUTIONS / name)
+    ns: dict = {"__name__": "__main__"}
+    for cell in nb.cells:
+        if cell.cell_type == "code" and not gen.is_grade_cell(cell) and not gen.is_solution_cell(cell) \
+                and "check_exercise(" not in cell.source:
+            exec(gen.python_source(cell.source), ns)
+    exec(answer, ns)
+    check = next(c for c in nb.cells if gen.grade_id(c) == gid)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            exec(gen.strip_hidden_tests(check.source), ns)
+    except AssertionError as e:
+        return str(e)
+    return ""
+
+
+@pytest.mark.parametrize("name, gid, answer, says", [
+    ("ex4_alltoall_splits.ipynb", "ex4_send_counts",
+     "def send_counts(expert, world_size, num_experts):\n    return [1, 0, 0, 3, 0, 0, 0, 1]", "got a list"),
+    ("ex4_alltoall_splits.ipynb", "ex4_send_counts",
+     "def send_counts(expert, world_size, num_experts):\n"
+     "    return torch.bincount(expert[expert >= 0] // (num_experts // world_size), minlength=world_size).float()",
+     "dtype: expected torch.int64, got torch.float32"),
+    ("ex4_alltoall_splits.ipynb", "ex4_send_counts",
+     "def send_counts(expert, world_size, num_experts):\n"
+     "    return torch.bincount(expert[expert >= 0] % world_size, minlength=world_size)", "not e % P"),
+    ("ex5_combine.ipynb", "ex5_inverse",
+     "def inverse_order(order, n):\n    return torch.argsort(order)", "shape: expected (6,), got (5,)"),
+    ("ex5_combine.ipynb", "ex5_combine",
+     "def combine(buffer_out, order, gates, expert):\n"
+     "    N, k = gates.shape\n"
+     "    out = buffer_out.new_zeros(N * k, buffer_out.shape[1])\n"
+     "    out[order] = buffer_out\n"
+     "    return (gates.unsqueeze(-1) * out.view(N, k, -1)).sum(1).detach()", "a detached tensor"),
+    ("ex5_combine.ipynb", "ex5_combine",  # gates renormalised over the kept assignments
+     "def combine(buffer_out, order, gates, expert):\n"
+     "    N, k = gates.shape\n"
+     "    out = buffer_out.new_zeros(N * k, buffer_out.shape[1])\n"
+     "    out[order] = buffer_out\n"
+     "    g = gates * (expert >= 0)\n"
+     "    g = g / g.sum(1, keepdim=True).clamp_min(1e-9)\n"
+     "    return (g.unsqueeze(-1) * out.view(N, k, -1)).sum(1)", "not renormalised"),
+])
+def test_a_failing_visible_check_says_expected_got_and_a_hint(name, gid, answer, says):
+    message = _visible_check(name, gid, answer)
+    assert says in message and "expected" in message and "got" in message, message
+    assert "Hint:" in message, message
+
+
+@pytest.mark.parametrize("name, gid", [("ex4_alltoall_splits.ipynb", "ex4_send_counts"),
+                                       ("ex5_combine.ipynb", "ex5_inverse"), ("ex5_combine.ipynb", "ex5_combine")])
+def test_the_solution_passes_its_visible_check(name, gid):
+    solution = next(c for c in read(SOLUTIONS / name).cells if gen.grade_id(c) == f"{gid}_solution"
+                    or gen.grade_id(c) == f"{gid}_order_solution")
+    assert _visible_check(name, gid, gen.python_source(solution.source)) == ""
