@@ -178,7 +178,8 @@ def test_the_prediction_check_catches_an_answer_already_computed():
 # Viewers without a kernel (GitHub, nbviewer) draw no plotly JSON: each stored figure carries a
 # PNG twin, made by `python -m moe_lab.nb --static <notebook>` after the outputs are regenerated.
 STATIC_CHAPTERS = [ROOT / "chapters" / n for n in ("01_sparsity.ipynb", "02_alltoall.ipynb", "03_load_balancing.ipynb",
-                                                   "04_composition.ipynb", "05_at_scale.ipynb", "06_beyond_gshard.ipynb")]
+                                                   "04_composition.ipynb", "05_at_scale.ipynb", "06_beyond_gshard.ipynb",
+                                                   "07_network.ipynb")]
 
 
 @pytest.mark.parametrize("path", STATIC_CHAPTERS, ids=lambda p: p.name)
