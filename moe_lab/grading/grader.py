@@ -24,6 +24,7 @@ taken from the submission; every check comes from the source. Each submission ge
 from __future__ import annotations
 
 import concurrent.futures
+import copy
 import json
 import math
 import os
@@ -173,8 +174,15 @@ def _judge_one(path: Path, name: str, source_path: Path, warnings: list[str], li
 
 def _written(source, submission, name: str) -> list[Part]:
     """The written answers, read from the submission here (no kernel needed): never scored by the grader."""
-    parts = []
-    for gid, pts, answered in gen.written_parts(gen.assemble(source, submission, name)):
+    parts, submission = [], copy.deepcopy(submission)
+    for cell in submission.cells:  # read as plain JSON: a source may still be a list of lines
+        if isinstance(cell.get("source"), list):
+            cell["source"] = "".join(cell["source"])
+    try:
+        written = gen.written_parts(gen.assemble(source, submission, name))
+    except Exception:  # cannot tell whether it was answered: a person looks at it
+        written = [(gid, pts, True) for gid, pts, _ in gen.written_parts(source)]
+    for gid, pts, answered in written:
         if answered:
             parts.append(Part(gid, pts, 0.0, MANUAL, f"a written answer: its {_num(pts)} points are graded by hand"))
         else:
