@@ -228,3 +228,17 @@ def test_the_self_check_reports_a_written_answer_as_the_grader_does(tmp_path):
     with contextlib.redirect_stdout(out):
         assert grading.check_exercise(path, namespace=ns) == {"ex14_traffic": 2.0, "ex14_design": None}
     assert "needs manual grading" in out.getvalue() and "2 / 6 points + 4 points graded by hand" in out.getvalue()
+
+
+def test_the_self_check_cell_shows_only_its_printed_table():
+    """check_exercise returns {part: points} for code, but a notebook shows no `Out[…]` for it:
+    the printed table is the whole output of the self-check cell."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from moe_lab.grading.selfcheck import Points
+
+    points = Points({"ex1_gates": 2.0, "ex1_shapes": 0.0})
+    assert points == {"ex1_gates": 2.0, "ex1_shapes": 0.0} and isinstance(points, dict)
+    shell = InteractiveShell.instance()
+    assert shell.display_formatter.format(points) == ({}, {})
+    assert shell.display_formatter.format(dict(points))[0]  # a plain dict would show

@@ -66,7 +66,15 @@ def _defined(cell, ns: dict) -> bool:
     return bool(names) and all(n in ns for n in names)
 
 
-def check_exercise(notebook=None, namespace: dict | None = None) -> dict:
+class Points(dict):
+    """{part: points}, as check_exercise returns it: a notebook shows nothing more for it (the
+    table was printed), so the self-check cell has no stray `Out[…]` line."""
+
+    def _ipython_display_(self) -> None:
+        pass
+
+
+def check_exercise(notebook=None, namespace: dict | None = None) -> Points:
     """Run the notebook's visible checks on the kernel's answers; print and return {part: points}
     (None for a written answer that waits for a person)."""
     if namespace is None:
@@ -102,4 +110,4 @@ def check_exercise(notebook=None, namespace: dict | None = None) -> dict:
     hand = f" + {by_hand:g} points graded by hand" if by_hand else ""
     print(f"visible checks: {sum(v for v in earned.values() if v):g} / {possible:g} points{hand} "
           "(the grader also runs hidden checks on other inputs)")
-    return earned
+    return Points(earned)
