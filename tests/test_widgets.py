@@ -387,30 +387,3 @@ def test_copy_figure_grows_new_subplot_axes():
     copy_figure(target, two)
     assert target.layout.xaxis2.domain == two.layout.xaxis2.domain and len(target.data) == 2
     assert list(target.data[1].y) == [3, 4]
-
-
-def test_a_live_figure_is_born_holding_its_figure(monkeypatch):
-    """The message that creates a dashboard figure's model on the page already holds the traces
-    and layout (a plain FigureWidget sends them only in later messages, which a busy page can drop
-    before plotly's page code has loaded: figures drawn empty); a rebuilt figure's traces go into
-    the synced state too."""
-    import ipywidgets.widgets.widget as widget_module
-    import plotly.graph_objects as go
-
-    from moe_lab.widgets.common import LiveFigure, copy_figure
-
-    opened = []
-    real = widget_module.comm.create_comm
-    monkeypatch.setattr(widget_module.comm, "create_comm", lambda **kw: opened.append(kw) or real(**kw))
-    fig = go.Figure(go.Bar(x=[0, 1], y=[3, 4]), layout=dict(title=dict(text="load")))
-    go.FigureWidget(fig)
-    plain = opened[-1]["data"]["state"]
-    assert plain["_widget_data"] == []  # the race this class removes
-    live = LiveFigure(fig)
-    state = opened[-1]["data"]["state"]
-    assert len(opened) == 2 and live.comm is not None
-    assert [t["type"] for t in state["_widget_data"]] == ["bar"]
-    assert state["_widget_layout"]["title"]["text"] == "load"
-    empty = LiveFigure()
-    copy_figure(empty, go.Figure([go.Bar(y=[1]), go.Scatter(y=[2])]))
-    assert [t["type"] for t in empty._widget_data] == ["bar", "scatter"]

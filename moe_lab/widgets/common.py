@@ -8,8 +8,6 @@ with `batch_update`, so the page updates in one message, without re-creating the
 """
 from __future__ import annotations
 
-from copy import deepcopy
-
 import ipywidgets as w
 import numpy as np
 import plotly.graph_objects as go
@@ -28,28 +26,6 @@ FULL_WIDTH = 820
 HALF_WIDTH = 405
 
 
-class LiveFigure(go.FigureWidget):
-    """A FigureWidget whose page-side model is born holding the figure.
-
-    ipywidgets opens a widget's comm (the message that creates its model on the page) at the end
-    of `Widget.__init__`, which plotly's FigureWidget runs *before* it fills in the synced figure
-    (`_widget_data`, `_widget_layout`): the page first gets an empty figure, and the figure only in
-    later messages. plotly's page code (a 5 MB module, imported per widget) applies its trace and
-    layout messages only once it has loaded, so a message that arrives earlier, on a busy page
-    (chapter 3 makes a dozen figures in one run-all), is lost and the figure stays drawn empty.
-    Here the comm opens after the figure is filled in, so the first message already holds it.
-    """
-
-    def __init__(self, fig: go.Figure | None = None):
-        super().__init__(fig)
-        self._filled = True
-        self.open()
-
-    def open(self) -> None:
-        if self.__dict__.get("_filled"):
-            super().open()
-
-
 def copy_figure(target: go.FigureWidget, fig: go.Figure) -> None:
     """Make `target` show `fig`, sending the page only what changed, in one update message.
 
@@ -65,8 +41,6 @@ def copy_figure(target: go.FigureWidget, fig: go.Figure) -> None:
     if not same:
         target.data = []
         target.add_traces(list(fig.data))
-        if isinstance(target, LiveFigure):  # the new traces also in the synced state: see LiveFigure
-            target._widget_data = deepcopy(target._data)
     n = len(fig._data)
     restyle = {}
     if same:

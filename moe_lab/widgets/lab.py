@@ -22,11 +22,12 @@ import time
 
 import ipywidgets as w
 import numpy as np
+import plotly.graph_objects as go
 
 from .. import viz
 from ..config import MoEConfig, check_tokens_per_rank
 from ..train import BALANCE, STARTS, check_training, merge_step, train_steps_on_rank
-from .common import WIDE, Dashboard, LiveFigure, copy_figure, default_config
+from .common import WIDE, Dashboard, copy_figure, default_config
 
 ALPHAS = (0.0, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0, 10.0)  # log steps, and 0
 GAMMAS = (0.0, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
@@ -85,8 +86,8 @@ class BalancingLab(Dashboard):
         self.sweep_button = w.Button(description="measure the α trade-off", icon="line-chart",
                                      layout=w.Layout(width="220px"))
         self.sweep_status = w.HTML()
-        self.figures = {"load": LiveFigure(), "curves": LiveFigure(), "dropped": LiveFigure(),
-                        "tradeoff": LiveFigure(viz.alpha_tradeoff([], "press the button to measure it"))}
+        self.figures = {"load": go.FigureWidget(), "curves": go.FigureWidget(), "dropped": go.FigureWidget(),
+                        "tradeoff": go.FigureWidget(viz.alpha_tradeoff([], "press the button to measure it"))}
         self._run_settings(self.settings())  # the default state, drawn before anyone moves a control
         s, f = self.sliders, self.figures
         controls = w.HBox([w.VBox([s["aux_alpha"], s["balance"], s["gamma"], s["start"]]),

@@ -5,9 +5,10 @@ import inspect
 import time
 
 import ipywidgets as w
+import plotly.graph_objects as go
 
 from .. import viz
-from .common import Dashboard, LiveFigure, copy_figure
+from .common import Dashboard, copy_figure
 
 
 class TrainingMonitor(Dashboard):
@@ -27,7 +28,7 @@ class TrainingMonitor(Dashboard):
         self.status = w.HTML()
         self.button = w.Button(description="Run", icon="play")
         self.button.on_click(lambda _: self.run())
-        self.figures = {"curves": LiveFigure(viz.training_curves([], num_experts=num_experts))}
+        self.figures = {"curves": go.FigureWidget(viz.training_curves([], num_experts=num_experts))}
         self.widget = w.VBox([w.HBox([self.button, self.progress, self.status]), self.figures["curves"]])
 
     def _records(self):

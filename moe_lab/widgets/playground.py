@@ -2,7 +2,7 @@
 
 A dashboard holds no figure math and no process code: it reads its controls into a `MoEConfig`,
 asks its stepper for a `StepTrace` (`cluster.step(...)`, any object with `.step` and
-`.world_size` will do), draws the trace with `viz` and copies the result into `LiveFigure`s (plotly FigureWidgets)
+`.world_size` will do), draws the trace with `viz` and copies the result into `go.FigureWidget`s
 with `batch_update`, so the page updates in one message, without re-creating the widget.
 
 What each control changes is on screen beside the controls: the per-GPU load and *which*
@@ -27,8 +27,8 @@ import plotly.graph_objects as go
 from .. import viz
 from ..config import DISPATCHES, POLICIES, PRIORITIES, MoEConfig
 from ..trace import StepTrace
-from .common import (BUSY, FULL_WIDTH, HALF_WIDTH, TOKENS_PER_RANK, WIDE, Dashboard, LiveFigure, copy_figure,
-                     default_config, figure_row, sized)
+from .common import (BUSY, FULL_WIDTH, HALF_WIDTH, TOKENS_PER_RANK, WIDE, Dashboard, copy_figure, default_config,
+                     figure_row, sized)
 
 
 class Playground(Dashboard):
@@ -62,7 +62,7 @@ class Playground(Dashboard):
         self.busy = w.HTML(layout=w.Layout(min_width="90px"))  # "running…" while a step runs
         self.bytes = w.HTML(layout=w.Layout(width="400px"))  # both dispatch layouts' bytes, beside the switch
         self.refresh()  # the default state, drawn before anyone moves a slider
-        self.figures = {name: LiveFigure(self._draw(name, self.trace)) for name in self.FIGURES}
+        self.figures = {name: go.FigureWidget(self._draw(name, self.trace)) for name in self.FIGURES}
         s, f = self.sliders, self.figures
         controls = w.HBox([
             w.VBox([s["k"], s["capacity_factor"], s["dropless"], s["skew"], w.HTML(_ALPHA_NOTE, layout=w.Layout(width="400px"))]),

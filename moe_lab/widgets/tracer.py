@@ -5,10 +5,11 @@ from __future__ import annotations
 import html
 
 import ipywidgets as w
+import plotly.graph_objects as go
 
 from .. import viz
 from ..trace import StepTrace
-from .common import FULL_WIDTH, WIDE, Dashboard, LiveFigure, copy_figure, sized
+from .common import FULL_WIDTH, WIDE, Dashboard, copy_figure, sized
 
 
 class TokenTracer(Dashboard):
@@ -27,7 +28,7 @@ class TokenTracer(Dashboard):
             token=w.IntSlider(value=token, min=0, max=trace.tokens_per_rank - 1, description="token", **WIDE),
         )
         self.text = w.HTML()
-        self.figures = {"path": LiveFigure(sized(viz.token_path(trace, rank, token), FULL_WIDTH))}
+        self.figures = {"path": go.FigureWidget(sized(viz.token_path(trace, rank, token), FULL_WIDTH))}
         self.refresh()
         for s in self.sliders.values():
             s.observe(lambda change: self.refresh(), names="value")

@@ -12,12 +12,13 @@ import threading
 import time
 
 import ipywidgets as w
+import plotly.graph_objects as go
 
 from .. import viz
 from ..config import ROUTERS, MoEConfig
 from ..variants import summarize
 from ..viz.variants import experts_per_token, variant_load
-from .common import WIDE, Dashboard, LiveFigure, copy_figure, default_config
+from .common import WIDE, Dashboard, copy_figure, default_config
 
 GRANULARITIES = (1, 2, 4, 8)
 
@@ -49,8 +50,8 @@ class RouterLab(Dashboard):
         )
         self.status = w.HTML()
         self.refresh()
-        self.figures = {"load": LiveFigure(viz.per_gpu_load(self.trace)),
-                        "experts": LiveFigure(experts_per_token({self._label(): self.trace}))}
+        self.figures = {"load": go.FigureWidget(viz.per_gpu_load(self.trace)),
+                        "experts": go.FigureWidget(experts_per_token({self._label(): self.trace}))}
         c = self.controls
         self.widget = w.VBox([
             w.HBox([w.VBox([c["router"], c["num_shared"], c["granularity"]]), w.VBox([c["skew"], c["capacity_factor"]])]),
