@@ -12,6 +12,7 @@ import pytest
 
 from moe_lab import MoEConfig, viz
 from moe_lab.widgets import Playground, TokenTracer, TrainingMonitor, copy_figure
+from moe_lab.widgets.common import _same
 from trace_factory import chapter_question_trace, make_trace
 
 
@@ -387,3 +388,41 @@ def test_copy_figure_grows_new_subplot_axes():
     copy_figure(target, two)
     assert target.layout.xaxis2.domain == two.layout.xaxis2.domain and len(target.data) == 2
     assert list(target.data[1].y) == [3, 4]
+
+
+def test_copy_figure_keeps_the_page_models_figure_whole_until_a_view_was_drawn():
+    """plotly's page module applies update messages only once it has loaded, after the widget's
+    model exists: a redraw that reaches a loading page is lost, and the view is drawn from the
+    synced `_widget_data` / `_widget_layout`. So these are sent whole with every redraw until the
+    page reports a drawn view; after that only the changes travel, and the kernel's copy stays
+    whole for a page that asks for the state later."""
+    fw = go.FigureWidget()  # the lab's figures start empty, as here
+    sent = []
+    fw.comm.publish_msg = lambda msg_type, data=None, **kw: sent.append(data)
+
+    def synced_keys():
+        return {k for m in sent if m and m.get("method") == "update" for k in m["state"]}
+
+    def whole(fw):
+        return _same(fw._widget_data, fw._data) and _same(fw._widget_layout, fw._layout)
+
+    first = go.Figure([go.Bar(y=[1, 2, 3]), go.Scatter(y=[3, 2, 1])], layout=dict(title="first", width=400))
+    copy_figure(fw, first)
+    assert {"_widget_data", "_widget_layout"} <= synced_keys() and whole(fw)
+    assert [t["type"] for t in fw._widget_data] == ["bar", "scatter"] and fw._widget_layout["title"]["text"] == "first"
+
+    sent.clear()  # a slider move before the page drew: changes and the whole figure
+    copy_figure(fw, go.Figure([go.Bar(y=[4, 5, 6]), go.Scatter(y=[6, 5, 4])], layout=dict(title="second", width=400)))
+    assert {"_py2js_update", "_widget_data", "_widget_layout"} <= synced_keys() and whole(fw)
+    assert list(fw._widget_data[0]["y"]) == [4, 5, 6]
+
+    # the page's view drew and reported its trace defaults, as plotly's view does after drawing
+    fw._js2py_traceDeltas = {"trace_deltas": [{"uid": t["uid"]} for t in fw._data], "trace_edit_id": fw._last_trace_edit_id}
+    sent.clear()
+    copy_figure(fw, go.Figure([go.Bar(y=[7, 8, 9]), go.Scatter(y=[9, 8, 7])], layout=dict(title="third", width=400)))
+    assert "_py2js_update" in synced_keys() and not synced_keys() & {"_widget_data", "_widget_layout"}
+    assert whole(fw) and list(fw.get_state(["_widget_data"])["_widget_data"][0]["y"]) == [7, 8, 9]  # a page asking later
+
+    sent.clear()  # nothing changed: nothing sent
+    copy_figure(fw, go.Figure([go.Bar(y=[7, 8, 9]), go.Scatter(y=[9, 8, 7])], layout=dict(title="third", width=400)))
+    assert synced_keys() == set()

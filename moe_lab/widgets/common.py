@@ -27,7 +27,8 @@ HALF_WIDTH = 405
 
 
 def copy_figure(target: go.FigureWidget, fig: go.Figure) -> None:
-    """Make `target` show `fig`, sending the page only what changed, in one update message.
+    """Make `target` show `fig`: the page's views get only what changed, in one update message,
+    and the page's model keeps the whole figure.
 
     `fig` was built (and validated, once) by a `viz` function, so its raw trace and layout dicts are
     copied as they are: no second validation, no deep copies. When the traces line up (same count
@@ -35,12 +36,55 @@ def copy_figure(target: go.FigureWidget, fig: go.Figure) -> None:
     traces are replaced. Layout keys are compared one by one (the template is left alone: every viz
     figure uses the default one). 1-D numeric arrays travel as typed arrays (binary buffers), not
     as lists of numbers.
+
+    NOTE why the whole figure goes too. plotly's update messages are transient: the page applies
+    them only once plotly's 5 MB page module has loaded for that figure (anywidget imports it per
+    widget, after the widget's model exists, and nothing waits for it). On a busy page (chapter 3's
+    run-all makes dozens of figures) a figure filled in by messages that arrive before then stays
+    drawn empty. The synced `_widget_data` / `_widget_layout` are what plotly draws a new view
+    from, so they are kept equal to the figure after every change.
     """
     same = len(target._data) == len(fig._data) and all(
         a.get("type") == b.get("type") for a, b in zip(target._data, fig._data))
     if not same:
         target.data = []
         target.add_traces(list(fig.data))
+    if _send_changes(target, fig, same) or not same:
+        _sync_whole_figure(target)
+
+
+def _sync_whole_figure(target: go.FigureWidget) -> None:
+    """Keep the synced `_widget_data` / `_widget_layout` equal to the figure (see copy_figure).
+
+    Sent to the page until a view of this figure has been drawn there (plotly's view reports its
+    defaults back once it has drawn, so its module has loaded and applies update messages from now
+    on); after that, set without a message, so a page that asks for the state later still gets it.
+    (The view reports its trace defaults in `_js2py_traceDeltas`; its layout report goes to a name
+    the Python side lacks, so that one never arrives.)
+    """
+    data, layout = _tree_copy(target._data), _tree_copy(target._layout)
+    if target.__dict__.get("_moe_page_drew") is None:
+        target._moe_page_drew = False
+        target.observe(lambda change: setattr(target, "_moe_page_drew", True), names=["_js2py_traceDeltas"])
+    if target._moe_page_drew:
+        target._trait_values.update(_widget_data=data, _widget_layout=layout)  # traitlets' store: no message
+    else:
+        target._widget_data, target._widget_layout = data, layout
+
+
+def _tree_copy(value):
+    """A copy of the dicts and lists of a plotly figure, sharing its leaves: plotly replaces a
+    changed value (arrays included) inside these dicts rather than changing it in place."""
+    if isinstance(value, dict):
+        return {k: _tree_copy(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_tree_copy(v) for v in value]
+    return value
+
+
+def _send_changes(target: go.FigureWidget, fig: go.Figure, same: bool) -> bool:
+    """Apply to `target` the keys of `fig` that differ, and send them to the page's views in
+    plotly's update message. Returns whether anything changed."""
     n = len(fig._data)
     restyle = {}
     if same:
@@ -56,7 +100,7 @@ def copy_figure(target: go.FigureWidget, fig: go.Figure) -> None:
     if new_axes:
         target.layout.update(new_axes)
     if not restyle and not relayout:
-        return
+        return bool(new_axes)
     indexes = list(range(n))
     restyled, relaid, indexes = target._perform_plotly_update(restyle, relayout, indexes)
     target._send_update_msg(_typed(restyled), _typed(relaid), indexes)
@@ -71,6 +115,7 @@ def copy_figure(target: go.FigureWidget, fig: go.Figure) -> None:
         target._dispatch_trace_change_callbacks(restyled, indexes)
     if relaid:
         target._dispatch_layout_change_callbacks(relaid)
+    return True
 
 
 def _same(a, b) -> bool:
