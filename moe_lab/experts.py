@@ -49,13 +49,12 @@ class _CopyToTP(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        import torch.distributed as dist
-
+        from .allreduce import all_reduce
         from .comm import note
 
         grad = grad.contiguous()
         note("all_reduce (backward)", "tp", grad)
-        dist.all_reduce(grad, group=ctx.group)
+        all_reduce(grad, group=ctx.group)
         return grad, None
 
 
@@ -65,13 +64,12 @@ class _ReduceFromTP(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, partial, group):
-        import torch.distributed as dist
-
+        from .allreduce import all_reduce
         from .comm import note
 
         out = partial.contiguous().clone()
         note("all_reduce", "tp", out)
-        dist.all_reduce(out, group=group)
+        all_reduce(out, group=group)
         return out
 
     @staticmethod

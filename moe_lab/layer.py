@@ -15,6 +15,7 @@ import torch.distributed as dist
 from torch import nn
 
 from . import routing
+from .allreduce import all_reduce
 from .comm import note
 from .config import MoEConfig
 from .device import synchronizer
@@ -87,7 +88,7 @@ class MoELayer(nn.Module):
     def sync_router_grads(self, op=dist.ReduceOp.SUM):
         if self.router_w.grad is not None:
             note("all_reduce", "router", self.router_w.grad)
-            dist.all_reduce(self.router_w.grad, op=op, group=self.router_group)
+            all_reduce(self.router_w.grad, op, self.router_group)
         if self.shared is not None:  # replicated like the router: same sync
             self.shared.sync_grads(self.router_group, op)
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .allreduce import all_reduce
 from .comm import counting, note
 from .config import check_world_size
 
@@ -101,7 +102,7 @@ def composed_step_on_rank(ctx, cfg, dp: int, ep: int, tp: int, tokens_per_rank: 
         layer.sync_router_grads()
         for w in (layer.w_in, layer.w_out):  # expert-data-parallel: same shard, other data
             note("all_reduce", "dp", w.grad)
-            dist.all_reduce(w.grad, group=mesh.groups["dp"])
+            all_reduce(w.grad, group=mesh.groups["dp"])
         sync()  # on a GPU the clock would otherwise stop when the last kernels are queued, not done
         trace.times["total"] = time.perf_counter() - t0
     # back to the parent as CPU tensors: a CUDA tensor in the reply would open a context on every

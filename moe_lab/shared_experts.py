@@ -50,11 +50,10 @@ class SharedExperts(nn.Module):
 
     def sync_grads(self, group, op) -> None:
         """Sum (or average) the gradients over the ranks that hold a replica, as data parallelism does."""
-        import torch.distributed as dist
-
+        from .allreduce import all_reduce
         from .comm import note
 
         for p in (self.w_in, self.w_out):
             if p.grad is not None:
                 note("all_reduce", "shared", p.grad)
-                dist.all_reduce(p.grad, op=op, group=group)
+                all_reduce(p.grad, op, group)

@@ -11,6 +11,8 @@ Pure arithmetic: no torch.distributed, so the parent, the ranks and the figures 
 """
 from __future__ import annotations
 
+import functools
+
 import math
 from dataclasses import dataclass
 
@@ -84,11 +86,16 @@ def classify(src: int, chunk_bytes, world_size: int, nodes: int) -> dict:
     rank 1 gets nothing, ranks 2 and 3 are on node 1: {"intra": [], "inter": [4, 4]}.
     """
     out = {"intra": [], "inter": []}
-    for dst, b in enumerate(chunk_bytes):
-        kind = link_of(src, dst, world_size, nodes)
+    for kind, b in zip(_links_from(src, world_size, nodes), chunk_bytes):
         if kind is not None and b > 0:
             out[kind].append(int(b))
     return out
+
+
+@functools.lru_cache(maxsize=256)
+def _links_from(src: int, world_size: int, nodes: int) -> tuple:
+    """link_of(src, dst) for every dst: a rank classifies every AlltoAll it sends, so it is worked out once."""
+    return tuple(link_of(src, dst, world_size, nodes) for dst in range(world_size))
 
 
 def merge_links(nets: list[dict]):

@@ -191,6 +191,9 @@ def probe(ctx, fn, *args, path: str | None = None, **kwargs):
     kwargs = {k: _on_host(v) for k, v in kwargs.items()}
     calls = Counter()
     undo = _patch(ctx.device, calls)
+    import moe_lab.allreduce  # NCCL ranks all-reduce with dist.all_reduce: take that path on gloo too
+    undo.append((moe_lab.allreduce.__dict__, "ONE_ROUND_MAX", moe_lab.allreduce.ONE_ROUND_MAX))
+    moe_lab.allreduce.ONE_ROUND_MAX = 0
     before = torch.get_default_device()
     saved, ctx._state = ctx._state, {}  # no cached weights or layers from an unprobed call, none left behind
     torch.set_default_device("meta")  # anything made without device= is now on the wrong device

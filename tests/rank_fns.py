@@ -47,3 +47,26 @@ def compiler_loaded(ctx) -> bool:
     import sys
 
     return "torch._dynamo" in sys.modules
+
+
+def all_reduce_both_ways(ctx, numel: int):
+    """moe_lab.allreduce.all_reduce against torch's own, on a seeded tensor per rank:
+    (ours SUM, ours AVG, torch's SUM) as CPU tensors."""
+    import torch.distributed as dist
+
+    from moe_lab.allreduce import all_reduce
+
+    g = torch.Generator().manual_seed(1000 + ctx.rank)
+    t = torch.randn(numel, generator=g).to(ctx.device)
+    ours, mean, ref = t.clone(), t.clone(), t.clone()
+    all_reduce(ours, group=ctx.group)
+    all_reduce(mean, dist.ReduceOp.AVG, group=ctx.group)
+    dist.all_reduce(ref, group=ctx.group)
+    return ours.cpu(), mean.cpu(), ref.cpu()
+
+
+def sum_in_one_round_on_rank(ctx):
+    """gloo's small all-reduce (moe_lab.allreduce.sum_in_one_round) on a tensor on the rank's device."""
+    from moe_lab.allreduce import sum_in_one_round
+
+    return float(sum_in_one_round(torch.ones(3, device=ctx.device), ctx.group).sum().cpu())

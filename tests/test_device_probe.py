@@ -19,7 +19,7 @@ from moe_lab.cluster import Cluster, RankError
 from moe_lab.mesh import composed_step_on_rank
 from moe_lab.step import step_on_rank
 from moe_lab.train import BALANCE, train_steps_on_rank
-from rank_fns import bad_input_on_rank, collective_on_default_device, returns_device_tensor
+from rank_fns import bad_input_on_rank, collective_on_default_device, returns_device_tensor, sum_in_one_round_on_rank
 
 ROOT = Path(__file__).resolve().parents[1]
 WORLD = 2
@@ -61,6 +61,7 @@ CASES = [
       for dp, ep, tp in ((1, 2, 1), (1, 1, 2), (2, 1, 1))),
     *(case(f"faults.{f.__name__}", f, -1, expect=(A2A,))  # no rank is bad: every rank reaches the collective
       for f in (faults.raise_on, faults.exit_on, faults.kill_mid_collective, faults.hang_on)),
+    case("gloo's all-reduce in one round", sum_in_one_round_on_rank, expect=(A2A,)),
     case("ex6 check_dispatch", "ex6_ranks:check_dispatch", ByName("student_dispatch:dispatch"), CFG, 16, 0.3,
          path=EX6, expect=(A2A,)),
     case("ex6 round_trip", "ex6_ranks:round_trip", ByName("student_dispatch:dispatch"),

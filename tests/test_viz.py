@@ -417,3 +417,25 @@ def test_unvalidated_figures_equal_their_validated_twin(name, trace):
     assert fig._validate is False  # the fast path is really taken
     validated = go.Figure(fig.to_dict())  # validates every property
     assert json.loads(fig.to_json()) == json.loads(validated.to_json())
+
+
+def _lab_history(steps: int = 6) -> list:
+    from moe_lab.train import merge_step
+
+    rng = np.random.default_rng(0)
+    return [merge_step(s, [dict(chosen=rng.integers(0, 60, 8), kept=rng.integers(0, 30, 8),
+                                task_loss=float(rng.random()), aux_loss=0.1) for _ in range(8)], 8)
+            for s in range(steps)]
+
+
+@pytest.mark.parametrize("name", ["gpu_load", "lab_curves", "expert_drops"])
+def test_the_labs_unvalidated_figures_equal_their_validated_twin(name):
+    """The BalancingLab redraws these every few training steps without validation (see above)."""
+    import json
+
+    import plotly.graph_objects as go
+
+    history = _lab_history()
+    fig = viz.lab_curves(history, 40) if name == "lab_curves" else getattr(viz, name)(history[-1])
+    assert fig._validate is False
+    assert json.loads(fig.to_json()) == json.loads(go.Figure(fig.to_dict()).to_json())

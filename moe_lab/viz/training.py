@@ -21,7 +21,7 @@ from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from ..trace import StepTrace
-from .style import DROPPED_COLOR, KEPT_COLOR, expert_colors, gpu_label
+from .style import DROPPED_COLOR, KEPT_COLOR, expert_colors, figure, gpu_label, trace
 
 HISTORY_FIELDS = ("step", "load_share", "max_over_mean", "dropped_share", "aux_loss", "task_loss")
 
@@ -105,6 +105,8 @@ def compare_runs(runs: dict) -> go.Figure:
 
 
 # ---- the balancing lab: per-GPU load of one step, curves per step, the α trade-off ----------------
+# The lab redraws these every few training steps, so they are written in plotly's canonical form and
+# built without validation (style.figure; tests/test_viz.py checks each against its validated twin).
 def gpu_load(record, steps: int | None = None) -> go.Figure:
     """Token copies each GPU received in one training step (first trace), the copies dropped on the
     way (stacked on top: together they are what the GPU was asked for) and the fair share N·k."""
@@ -114,21 +116,20 @@ def gpu_load(record, steps: int | None = None) -> go.Figure:
     x = np.arange(P)
     fair = float(got.sum() + dropped.sum()) / max(P, 1)  # every GPU's share of all P·N·k copies
     busiest = _get(record, "busiest_over_fair")
-    fig = go.Figure([
-        go.Bar(x=x, y=got, name="received", marker_color=KEPT_COLOR),
-        go.Bar(x=x, y=dropped, name="dropped", marker_color=DROPPED_COLOR),
-        go.Scatter(x=[-0.5, P - 0.5], y=[fair, fair], mode="lines", name=f"fair share {fair:.0f}",
-                   line=dict(color="black", dash="dot")),
-    ])
+    data = [trace("bar", x=x, y=got, name="received", marker=dict(color=KEPT_COLOR)),
+            trace("bar", x=x, y=dropped, name="dropped", marker=dict(color=DROPPED_COLOR)),
+            trace("scatter", x=[-0.5, P - 0.5], y=[fair, fair], mode="lines", name=f"fair share {fair:.0f}",
+                  line=dict(color="black", dash="dot"))]
     step = int(_get(record, "step"))
     of = f"/{steps}" if steps else ""
-    fig.update_layout(
+    return figure(data, dict(
         barmode="stack", width=430, height=330, margin=dict(l=50, r=10, t=60, b=40),
-        title=dict(text=f"Step {step + 1}{of}: busiest GPU asked for {busiest:.2f}× its fair share", font_size=13),
-        xaxis=dict(tickvals=list(x), ticktext=[gpu_label(r) for r in x]), yaxis_title="token copies",
-        legend=dict(orientation="h", y=1.0, yanchor="bottom", x=0, font_size=11),
-    )
-    return fig
+        title=dict(text=f"Step {step + 1}{of}: busiest GPU asked for {busiest:.2f}× its fair share", font=dict(size=13)),
+        xaxis=dict(tickvals=list(x), ticktext=[gpu_label(r) for r in x]), yaxis=dict(title=dict(text="token copies")),
+        legend=_LEGEND_ON_TOP))
+
+
+_LEGEND_ON_TOP = dict(orientation="h", y=1.0, yanchor="bottom", x=0, font=dict(size=11))
 
 
 def lab_curves(history, steps: int | None = None) -> go.Figure:
@@ -138,21 +139,20 @@ def lab_curves(history, steps: int | None = None) -> go.Figure:
     x = [int(_get(rec, "step")) + 1 for rec in history]
     panels = [("busiest_over_fair", "busiest GPU / fair share", "black"),
               ("dropped_share", "dropped share", DROPPED_COLOR), ("task_loss", "task loss", "#2ca02c")]
-    fig = go.Figure()
-    layout = dict(height=260, margin=dict(l=40, r=10, t=50, b=40), showlegend=False, annotations=[])
+    data, annotations = [], []
+    layout = dict(height=260, margin=dict(l=40, r=10, t=50, b=40), showlegend=False)
     span = [0.5, max(steps or 0, len(x)) + 0.5]
     for i, (field, title, color) in enumerate(panels):
         ax = "" if i == 0 else str(i + 1)
         lo, hi = i / 3 + 0.04, (i + 1) / 3 - 0.04
-        fig.add_trace(go.Scatter(x=x, y=_column(history, field), mode="lines", name=title, line=dict(color=color),
-                                 xaxis=f"x{ax}", yaxis=f"y{ax}"))
-        layout[f"xaxis{ax}"] = dict(domain=[lo, hi], range=span, anchor=f"y{ax}", title_text="step")
+        data.append(trace("scatter", x=x, y=_column(history, field), mode="lines", name=title,
+                          line=dict(color=color), xaxis=f"x{ax}", yaxis=f"y{ax}"))
+        layout[f"xaxis{ax}"] = dict(domain=[lo, hi], range=span, anchor=f"y{ax}", title=dict(text="step"))
         layout[f"yaxis{ax}"] = dict(anchor=f"x{ax}", rangemode="tozero")
-        layout["annotations"].append(dict(text=title, x=(lo + hi) / 2, y=1.0, xref="paper", yref="paper",
-                                          xanchor="center", yanchor="bottom", showarrow=False, font_size=12))
-    fig.update_layout(layout)
-    fig.add_trace(go.Scatter(x=span, y=[1, 1], mode="lines", line=dict(color="grey", dash="dot"), hoverinfo="skip"))
-    return fig
+        annotations.append(dict(text=title, x=(lo + hi) / 2, y=1.0, xref="paper", yref="paper",
+                                xanchor="center", yanchor="bottom", showarrow=False, font=dict(size=12)))
+    data.append(trace("scatter", x=span, y=[1, 1], mode="lines", line=dict(color="grey", dash="dot"), hoverinfo="skip"))
+    return figure(data, dict(layout, annotations=annotations))
 
 
 def expert_drops(record) -> go.Figure:
@@ -161,13 +161,12 @@ def expert_drops(record) -> go.Figure:
     kept = np.asarray(_get(record, "kept_count"), float)  # [E] served by E_i
     x = np.arange(len(chosen))
     share = _get(record, "dropped_share") or 0.0
-    fig = go.Figure([go.Bar(x=x, y=kept, name="kept", marker_color=KEPT_COLOR),
-                     go.Bar(x=x, y=np.clip(chosen - kept, 0, None), name="dropped", marker_color=DROPPED_COLOR)])
-    fig.update_layout(barmode="stack", width=430, height=330, margin=dict(l=50, r=10, t=60, b=40),
-                      title=dict(text=f"Last step: {100 * share:.1f}% of assignments dropped", font_size=13),
-                      xaxis=dict(tickvals=list(x), ticktext=[f"E{e}" for e in x]), yaxis_title="assignments",
-                      legend=dict(orientation="h", y=1.0, yanchor="bottom", x=0, font_size=11))
-    return fig
+    data = [trace("bar", x=x, y=kept, name="kept", marker=dict(color=KEPT_COLOR)),
+            trace("bar", x=x, y=np.clip(chosen - kept, 0, None), name="dropped", marker=dict(color=DROPPED_COLOR))]
+    return figure(data, dict(barmode="stack", width=430, height=330, margin=dict(l=50, r=10, t=60, b=40),
+                             title=dict(text=f"Last step: {100 * share:.1f}% of assignments dropped", font=dict(size=13)),
+                             xaxis=dict(tickvals=list(x), ticktext=[f"E{e}" for e in x]),
+                             yaxis=dict(title=dict(text="assignments")), legend=_LEGEND_ON_TOP))
 
 
 def alpha_tradeoff(points, note: str = "") -> go.Figure:

@@ -8,8 +8,9 @@ load collapses onto one GPU, too much and the task loss pays (Switch, arXiv 2101
 bias: DeepSeek-V3, arXiv 2412.19437).
 
 Runs and changes: a change from the browser starts the run on a worker thread, so the kernel stays
-free to hear the next change; a change that arrives mid-run makes the stale run stop at its next
-step boundary and the latest settings run. A change made in code (`lab.sliders["aux_alpha"].value =
+free to hear the next change; a change that arrives mid-run makes the stale run stop once the ranks
+finish the steps they are on (at most `redraw_every`: they run that many per call, between redraws)
+and the latest settings run. A change made in code (`lab.sliders["aux_alpha"].value =
 0.1`, or `lab.set(...)`) runs the training before the assignment returns, so a headless cell or a
 test reads the new figures right after.
 """
@@ -219,8 +220,9 @@ class BalancingLab(Dashboard):
             raise
 
     def _train(self, settings: dict):
-        """One run of `settings` on the ranks; yields (history so far, chunk done). Stops, returning
-        early, at the first step boundary after a newer change arrived."""
+        """One run of `settings` on the ranks; yields the history so far after every call to the ranks
+        (one step, then `redraw_every` at a time). Stops, returning early, after the first call that
+        ends once a newer change has arrived."""
         cfg, steps, balance = settings["cfg"], settings["steps"], settings["balance"]
         if balance not in ("aux", "aux+bias"):
             cfg = cfg.replace(aux_alpha=0.0)
