@@ -4,15 +4,17 @@ A change of α trains the router for 40 steps on the ranks (forward, backward th
 router all-reduce, Adam) and redraws the figures. Timed headless, as a kernel sees it: setting the
 slider's `.value` returns when the run and every redraw are done. Side by side, interleaved rep by
 rep: one plain forward `Cluster.step` of the same size. Checked first: the ranks' training equals the
-single-process twin `moe_lab.train.reference_train` step for step.
+single-process twin `moe_lab.train.reference_train` step for step. Also side by side: the router
+gradient's sum over the ranks by gloo's ring all_reduce and by one AlltoAll round (moe_lab/allreduce.py).
 """
 from __future__ import annotations
 
 import time
 
 import numpy as np
+import torch
 
-from .common import check, ratio, record
+from .common import check, ratio, record, rel_err
 from moe_lab.config import MoEConfig
 
 LAB_TOKENS, LAB_STEPS = 128, 40
@@ -64,15 +66,41 @@ def section_lab(bc) -> dict:
                 step_s.append(time.perf_counter() - t0)
             bar.update(1)
     bar.close()
+    ring, one_round = _router_all_reduce(cluster, cfg, bc.reps(3, 10))
     ok = dict(checked, matched_reference=checked["matched_reference"] and all(redrawn))
     rec_run = record(f"BalancingLab: alpha slider -> {LAB_STEPS} training steps + redraws", run_s, params,
                      figures_updated=redrawn, ranks_s=ranks_s, ranks_median_s=float(np.median(ranks_s)), **ok)
     rec_first = record("BalancingLab: alpha slider -> first redraw", first_s, params, **ok)
     rec_step = record("one forward Cluster.step, same size", step_s, dict(params, steps=1), **checked)
-    return dict(status="ok", records=[rec_run, rec_first, rec_step],
+    return dict(status="ok", records=[rec_run, rec_first, rec_step, ring, one_round],
                 ratios=[dict(name="lab run / one forward step", params=params, value=ratio(rec_run, rec_step),
-                             meaning=f"a {LAB_STEPS}-step training run (fwd+bwd+Adam, live redraws) in forward steps")],
+                             meaning=f"a {LAB_STEPS}-step training run (fwd+bwd+Adam, live redraws) in forward steps"),
+                        dict(name="router gradient: ring all_reduce / one round", params=ring["params"],
+                             value=ratio(ring, one_round), meaning="what summing in one AlltoAll round saves a "
+                             "training step (moe_lab/allreduce.py)")],
                 notes=[f"the lab's records were first checked against moe_lab.train.reference_train for {CHECK_STEPS} "
                        "steps (task loss to 1e-4, every count equal)",
                        f"median per training step: {1e3 * float(np.median(run_s)) / LAB_STEPS:.1f} ms, of which waiting "
                        f"for the ranks {1e3 * float(np.median(ranks_s)) / LAB_STEPS:.1f} ms (the rest: merging and drawing)"])
+
+
+def _router_all_reduce(cluster, cfg, reps: int):
+    """The router gradient's sum over the ranks, gloo's ring all_reduce against one AlltoAll round
+    (what training uses for small tensors), interleaved; each call's time is the max over ranks."""
+    from .ranks import router_grad_all_reduce
+
+    shape = (cfg.d_model, cfg.num_experts)
+    times = {False: [], True: []}
+    sums = {}
+    for rep in range(reps):
+        for one_round in ((False, True) if rep % 2 == 0 else (True, False)):
+            parts = cluster.run(router_grad_all_reduce, shape, 20, one_round)
+            times[one_round].append(max(t for t, _ in parts))
+            sums[one_round] = [s for _, s in parts]
+    want = sum(torch.randn(*shape, generator=torch.Generator().manual_seed(r)) for r in range(cluster.world_size))
+    errors = {name: max(rel_err(s, want) for s in sums[flag]) for name, flag in (("ring", False), ("one_round", True))}
+    same_bits = all(torch.equal(s, sums[True][0]) for s in sums[True])
+    checked = check(dict(errors, replicas_differ=0.0 if same_bits else 1.0))
+    params = dict(world_size=cluster.world_size, shape=list(shape), backend=cluster.backend)
+    return (record("router gradient [d, E]: gloo ring all_reduce", times[False], params, **checked),
+            record("router gradient [d, E]: one all_to_all_single round", times[True], params, **checked))

@@ -143,3 +143,19 @@ def rank_input(ctx, x) -> float:
     if isinstance(x, bytes):
         x = pickle.loads(x)
     return float(x.double().sum())
+
+
+def router_grad_all_reduce(ctx, shape, reps: int, one_round: bool):
+    """Per-call seconds of summing a router-gradient-sized tensor over the ranks: gloo's ring
+    all_reduce, or moe_lab.allreduce.sum_in_one_round; and the sum, to check against the other."""
+    from moe_lab.allreduce import sum_in_one_round
+
+    g = torch.randn(*shape, generator=torch.Generator().manual_seed(ctx.rank)).to(ctx.device)
+    out = g.clone()
+    sum_in_one_round(out, ctx.group) if one_round else dist.all_reduce(out, group=ctx.group)  # warm, and the check
+    dist.barrier(group=ctx.group)
+    t = time.perf_counter()
+    for _ in range(reps):
+        t_ = g.clone()
+        sum_in_one_round(t_, ctx.group) if one_round else dist.all_reduce(t_, group=ctx.group)
+    return (time.perf_counter() - t) / reps, out.cpu()
