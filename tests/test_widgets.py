@@ -215,7 +215,7 @@ def test_every_control_changes_a_drawn_figure(fake, name):
 
 
 def test_every_control_is_covered():
-    """A control added to the Playground must be added to MOVES (α moves to the BalancingLab, issue 12)."""
+    """A control added to the Playground must be added to MOVES (α moves to the BalancingLab)."""
     pg = Playground(FakeCluster(), tokens_per_rank=64)
     assert set(pg.sliders) == set(MOVES)
 

@@ -360,7 +360,7 @@ def test_load_balancing_playground(page, lab_server):
         skipped = [name for name in controls if name not in moved and name.startswith("α")]
         missing = set(controls) - set(moved) - set(skipped)
         assert not missing, f"controls never moved: {missing}"
-        if skipped:  # α moves to the BalancingLab (issue 12); it has no figure of its own here
+        if skipped:  # α moves to the BalancingLab; it has no figure of its own here
             print(f"not moved (leaves the Playground for the BalancingLab): {skipped}")
         assert page.evaluate("() => window.__moeBusySeen"), "no 'running…' was shown during a step"
 

@@ -13,7 +13,7 @@ checks, so the self-check's promise ("predicts the grade") is what is tested:
 - ex1: the gates as a softmax over only the k chosen logits: right for k > 1, but with k = 1 every
   gate is 1 and the router learns nothing;
 - ex3: f_i counts only each token's first choice (the k = 1 formula used for k = 2), the
-  misconception issue 18 names: both visible checks (value and gradient) try k = 2, as the hidden
+  common misconception: both visible checks (value and gradient) try k = 2, as the hidden
   ones do, so the self-check's 0 predicts the grader's.
 """
 from __future__ import annotations
