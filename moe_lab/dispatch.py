@@ -35,44 +35,32 @@ def _all_to_all(x, out_splits, in_splits, group, async_op=False):
 
 
 class _AllToAll(torch.autograd.Function):
-    """AlltoAll whose gradient is the AlltoAll back along the same rows (splits swapped)."""
+    """AlltoAll whose gradient is the AlltoAll back along the same rows (splits swapped).
 
-    @staticmethod
-    def forward(ctx, x, out_splits, in_splits, group):
-        ctx.splits, ctx.group = (out_splits, in_splits), group
-        return _all_to_all(x, out_splits, in_splits, group)
-
-    @staticmethod
-    def backward(ctx, grad):
-        out_splits, in_splits = ctx.splits
-        note("all_to_all (backward)", "ep", grad)  # backward sends dL/dy back: count it too
-        return _all_to_all(grad, in_splits, out_splits, ctx.group), None, None, None
-
-
-def all_to_all(x, out_splits, in_splits, group):
-    """The layer's AlltoAll: differentiable when x needs a gradient, a bare collective otherwise."""
-    if torch.is_grad_enabled() and x.requires_grad:
-        return _AllToAll.apply(x, out_splits, in_splits, group)
-    return _all_to_all(x, out_splits, in_splits, group)
-
-
-class _AllToAllAsync(torch.autograd.Function):
-    """The same AlltoAll issued without waiting (the chunked pipeline overlaps it with experts).
-
-    forward returns y at once, its rows still in flight; the caller waits on the work handle
-    (put in `box`) before reading y. backward is the blocking AlltoAll back, as for _AllToAll."""
+    box None: forward waits for the rows. box a dict: forward only issues the AlltoAll and puts its
+    work handle in box["work"] (the chunked pipeline overlaps it with experts): y's rows are in
+    flight until the caller waits on it. The backward is the blocking AlltoAll back either way."""
 
     @staticmethod
     def forward(ctx, x, out_splits, in_splits, group, box):
         ctx.splits, ctx.group = (out_splits, in_splits), group
+        if box is None:
+            return _all_to_all(x, out_splits, in_splits, group)
         y, box["work"] = _all_to_all(x, out_splits, in_splits, group, async_op=True)
         return y
 
     @staticmethod
     def backward(ctx, grad):
         out_splits, in_splits = ctx.splits
-        note("all_to_all (backward)", "ep", grad)
+        note("all_to_all (backward)", "ep", grad)  # backward sends dL/dy back: count it too
         return _all_to_all(grad, in_splits, out_splits, ctx.group), None, None, None, None
+
+
+def all_to_all(x, out_splits, in_splits, group):
+    """The layer's AlltoAll: differentiable when x needs a gradient, a bare collective otherwise."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _AllToAll.apply(x, out_splits, in_splits, group, None)
+    return _all_to_all(x, out_splits, in_splits, group)
 
 
 def all_to_all_async(x, out_splits, in_splits, group):
@@ -81,7 +69,7 @@ def all_to_all_async(x, out_splits, in_splits, group):
     first call imports torch's compiler on every rank, 1.6 s each)."""
     if torch.is_grad_enabled() and x.requires_grad:
         box = {}
-        y = _AllToAllAsync.apply(x, out_splits, in_splits, group, box)
+        y = _AllToAll.apply(x, out_splits, in_splits, group, box)
         return y, box["work"]
     return _all_to_all(x, out_splits, in_splits, group, async_op=True)
 
