@@ -12,7 +12,6 @@ Pure arithmetic: no torch.distributed, so the parent, the ranks and the figures 
 from __future__ import annotations
 
 import functools
-
 import math
 from dataclasses import dataclass
 
