@@ -70,7 +70,6 @@ def is_written_cell(cell) -> bool:
 def is_answered(text: str) -> bool:
     """Whether a written answer cell holds an answer: anything but the blank stub. An untouched cell
     scores 0 at once, as nbgrader does for an answer whose checksum is unchanged."""
-    text = "".join(text) if isinstance(text, list) else text  # a notebook read as plain JSON keeps lists of lines
     return bool(text.replace(TEXT_STUB, "").strip())
 
 

@@ -24,7 +24,6 @@ taken from the submission; every check comes from the source. Each submission ge
 from __future__ import annotations
 
 import concurrent.futures
-import copy
 import json
 import math
 import os
@@ -123,9 +122,13 @@ def _read(path: Path):
     if bad:
         return None, "could not read: " + "; ".join(bad[:3])
     try:
-        return nbformat.from_dict(raw) if raw.get("nbformat", 4) >= 4 else nbformat.reads(json.dumps(raw), 4), ""
+        nb = nbformat.from_dict(raw) if raw.get("nbformat", 4) >= 4 else nbformat.reads(json.dumps(raw), 4)
     except Exception as e:
         return None, f"could not read: {type(e).__name__}: {e}"[:300]
+    for cell in nb.cells:  # one string per cell, as nbformat.read gives it (and the judge reads it)
+        if isinstance(cell.get("source"), list):
+            cell.source = "".join(cell.source)
+    return nb, ""
 
 
 def _which_exercise(path: Path, submission, sources: dict) -> tuple[str | None, str]:
@@ -174,10 +177,7 @@ def _judge_one(path: Path, name: str, source_path: Path, warnings: list[str], li
 
 def _written(source, submission, name: str) -> list[Part]:
     """The written answers, read from the submission here (no kernel needed): never scored by the grader."""
-    parts, submission = [], copy.deepcopy(submission)
-    for cell in submission.cells:  # read as plain JSON: a source may still be a list of lines
-        if isinstance(cell.get("source"), list):
-            cell["source"] = "".join(cell["source"])
+    parts = []
     try:
         written = gen.written_parts(gen.assemble(source, submission, name))
     except Exception:  # cannot tell whether it was answered: a person looks at it
